@@ -1,0 +1,62 @@
+"""`convert`: official Hallo3 checkpoints -> safetensors files for ComfyUI's model folders.
+
+Writes `hallo3_transformer_<dtype>.safetensors` and `hallo3_reference_<dtype>.safetensors` (our key layout with the
+configuration in the metadata; docs/checkpoints.md). Tensors are streamed: memory stays at about one tensor.
+With fp8 storage only the large matrices of the blocks and projections are stored in fp8; norms, biases, embeddings
+and the output layer stay in bf16, and the loader upcasts fp8 weights to the compute dtype.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import InputError
+from .safetensors_writer import write_safetensors
+from .transformer_checkpoint import CONFIG_KEY, FORMAT_KEY, FORMATS, TransformerWeights
+
+STORAGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+                  "fp8_e4m3fn": torch.float8_e4m3fn}
+_FP8_PREFIXES = ("transformer_blocks.", "audio_proj.", "face_proj.")
+
+
+def storage_dtype(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.dtype:
+    if dtype != torch.float8_e4m3fn:
+        return dtype
+    is_matrix = name.endswith(".weight") and len(shape) >= 2
+    return torch.float8_e4m3fn if is_matrix and name.startswith(_FP8_PREFIXES) else torch.bfloat16
+
+
+def _cast(produce, dtype):
+    def run():
+        tensor = produce()
+        if dtype == torch.float8_e4m3fn:
+            finite = torch.finfo(torch.float8_e4m3fn).max
+            tensor = tensor.float().clamp(-finite, finite)
+        return tensor.to(dtype)
+
+    return run
+
+
+def convert_transformers(src: str, dst: str, dtype_name: str = "bf16") -> list[str]:
+    if dtype_name not in STORAGE_DTYPES:
+        raise InputError(f"unknown --dtype {dtype_name}; choose one of {', '.join(STORAGE_DTYPES)}")
+    dtype = STORAGE_DTYPES[dtype_name]
+    os.makedirs(dst, exist_ok=True)
+    written = []
+    for role, stem in (("main", "hallo3_transformer"), ("reference", "hallo3_reference")):
+        weights = TransformerWeights(src, role)
+        config = weights.config()
+        if role == "reference":
+            config = config.reference_config()
+        entries = []
+        for name, shape, produce in weights.lazy_entries():
+            target = storage_dtype(name, shape, dtype)
+            entries.append((name, shape, target, _cast(produce, target)))
+        path = os.path.join(dst, f"{stem}_{dtype_name}.safetensors")
+        metadata = {FORMAT_KEY: FORMATS[role], CONFIG_KEY: config.to_json(),
+                    "hallo3.source": os.path.basename(weights.source)}
+        write_safetensors(path, entries, metadata)
+        written.append(path)
+    return written
