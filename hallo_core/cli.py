@@ -28,6 +28,73 @@ def _convert(args) -> int:
     return 0
 
 
+def _torch_dtype(name: str | None):
+    import torch
+
+    table = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name not in table:
+        raise HalloError(f"unknown --dtype {name}; choose bf16, fp16 or fp32")
+    return table[name]
+
+
+class _ProgressBar:
+    """tqdm bar over all denoising steps of the render, with the clip in the description."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.phase == "denoise":
+            if self.bar is None:
+                self.bar = tqdm(total=event.clips * event.steps, unit="step", dynamic_ncols=True)
+            self.bar.set_description(f"clip {event.clip + 1}/{event.clips}")
+            self.bar.n = event.clip * event.steps + event.step
+            self.bar.refresh()
+        elif event.phase == "prepare" and event.message:
+            print(f"{event.message}...", file=sys.stderr)
+        elif event.phase == "write":
+            if self.bar is not None:
+                self.bar.close()
+            print(f"writing {event.message}", file=sys.stderr)
+
+
+def _generate(args) -> int:
+    from .generate import generate
+    from .motion import MotionOptions
+    from .pipeline import RenderSettings
+
+    try:
+        motion = MotionOptions(frames=args.motion_frames, pixel_dropout=args.motion_dropout,
+                               drop_patch=args.motion_drop_patch, noise_std=args.motion_noise,
+                               protect_face=args.protect_face, carry_latents=args.carry_latents)
+    except ValueError as exc:
+        raise HalloError(str(exc)) from None
+    settings = RenderSettings(steps=args.steps, cfg_scale=args.cfg, seed=args.seed, motion=motion)
+    result = generate(
+        image=args.image, audio=args.audio, out=args.out, models=args.models, prompt=args.prompt,
+        settings=settings, device=args.device, dtype=_torch_dtype(args.dtype),
+        separate_vocals=not args.no_vocal_separation, render_dir=args.render_dir, keep_render=args.keep_render,
+        residency=args.residency, progress=_ProgressBar(),
+    )
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    resumed = f", {result.resumed_clips} resumed" if result.resumed_clips else ""
+    print(f"{result.path}: {result.frames} frames at 25 fps, {result.clips} clips{resumed}")
+    return 0
+
+
+def _make_tiny_models(args) -> int:
+    from .tiny_models import make_tiny_comfyui_models, make_tiny_models
+
+    make = make_tiny_comfyui_models if args.comfyui_layout else make_tiny_models
+    written = make(args.dir, seed=args.seed)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hallo_core", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,7 +112,49 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", default="bf16", help="bf16 (default), fp16, fp32 or fp8_e4m3fn")
     convert.set_defaults(run=_convert)
 
+    gen = commands.add_parser("generate", help="portrait + speech -> talking-portrait MP4 with the speech")
+    gen.add_argument("--image", required=True, help="portrait (jpg/png/webp...; 3:2 or square works best)")
+    gen.add_argument("--audio", required=True, help="speech (wav/mp3/flac/m4a/ogg, or a video's audio track)")
+    gen.add_argument("--prompt", default="", help="scene description, e.g. 'A woman talking on a beach'")
+    gen.add_argument("--models", required=True, help="the official pretrained_models/ folder")
+    gen.add_argument("--out", required=True, help="output .mp4")
+    gen.add_argument("--steps", type=int, default=50, help="sampling steps (official: 50)")
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--cfg", type=float, default=3.5, help="guidance scale (official: 3.5)")
+    gen.add_argument("--no-vocal-separation", action="store_true",
+                     help="drive the model with the audio as is instead of the separated vocals")
+    gen.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    gen.add_argument("--dtype", default=None, help="bf16 (default on GPU), fp16 or fp32 (default on CPU)")
+    gen.add_argument("--residency", default="balanced", choices=["full", "balanced"],
+                     help="full: keep every model on the GPU; balanced: only the running phase's model")
+    gen.add_argument("--render-dir", default=None, help="where finished clips are kept (default: OUT.render/)")
+    gen.add_argument("--keep-render", action="store_true", help="keep the render directory after success")
+    gen.add_argument("--motion-frames", type=int, default=2, help="frames each clip continues from (official: 2)")
+    gen.add_argument("--motion-dropout", type=float, default=0.1, help="motion-frame pixel dropout (official: 0.1)")
+    gen.add_argument("--motion-drop-patch", type=int, default=1, help="Hallo2 patch-drop size in pixels (1 = off)")
+    gen.add_argument("--motion-noise", type=float, default=0.0, help="Hallo2 Gaussian noise on motion frames (0 = off)")
+    gen.add_argument("--protect-face", action="store_true", help="never drop motion pixels inside the face box")
+    gen.add_argument("--carry-latents", action="store_true",
+                     help="continue clips from latents instead of re-encoded frames (experimental)")
+    gen.set_defaults(run=_generate)
+
+    tiny = commands.add_parser("make-tiny-models", help="write tiny random models in the official layout")
+    tiny.add_argument("dir", help="folder to write (the pretrained_models/ layout)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--comfyui-layout", action="store_true",
+                      help="write into a ComfyUI models/ folder under the file names the shipped workflows use")
+    tiny.set_defaults(run=_make_tiny_models)
+
     return parser
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - a broken torch install shows up at the first real use
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

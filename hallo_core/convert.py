@@ -14,18 +14,14 @@ import torch
 
 from .errors import InputError
 from .safetensors_writer import write_safetensors
-from .transformer_checkpoint import CONFIG_KEY, FORMAT_KEY, FORMATS, TransformerWeights
+from .transformer_checkpoint import CONFIG_KEY, FORMAT_KEY, FORMATS, TransformerWeights, fp8_storage
 
 STORAGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                   "fp8_e4m3fn": torch.float8_e4m3fn}
-_FP8_PREFIXES = ("transformer_blocks.", "audio_proj.", "face_proj.")
 
 
 def storage_dtype(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.dtype:
-    if dtype != torch.float8_e4m3fn:
-        return dtype
-    is_matrix = name.endswith(".weight") and len(shape) >= 2
-    return torch.float8_e4m3fn if is_matrix and name.startswith(_FP8_PREFIXES) else torch.bfloat16
+    return fp8_storage(torch.bfloat16)(name, shape) if dtype == torch.float8_e4m3fn else dtype
 
 
 def _cast(produce, dtype):

@@ -119,11 +119,11 @@ def materialize(
     dtype: torch.dtype,
     device: torch.device | str = "cpu",
     source: str = "checkpoint",
-    keep_dtype: Callable[[str], bool] | None = None,
+    dtype_for: Callable[[str, tuple[int, ...]], torch.dtype] | None = None,
 ) -> nn.Module:
     """Put every (name, tensor) into a meta-initialised model; refuse unknown, misshaped or missing weights.
 
-    Floating tensors are cast to `dtype` unless `keep_dtype(name)` says to keep their stored dtype (e.g. fp8 storage).
+    Floating tensors are cast to `dtype`, or to `dtype_for(name, shape)` when given (e.g. fp8 storage of matrices).
     """
     expected = dict(model.named_parameters())
     expected.update(dict(model.named_buffers()))
@@ -137,7 +137,10 @@ def materialize(
                 f"{source}: weight '{name}' has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}; "
                 "the file belongs to a different model or version"
             )
-        cast = tensor.dtype if (keep_dtype and keep_dtype(name)) or not tensor.is_floating_point() else dtype
+        if not tensor.is_floating_point():
+            cast = tensor.dtype
+        else:
+            cast = dtype_for(name, tuple(tensor.shape)) if dtype_for is not None else dtype
         value = tensor.to(device=device, dtype=cast).contiguous()
         if value.data_ptr() % 64:
             # Matmul kernels pick code paths by alignment; a fresh (64-byte aligned) allocation keeps results

@@ -214,17 +214,32 @@ class TransformerWeights:
         return Hallo3Config.from_shapes(shapes, **overrides)
 
 
+FP8_PREFIXES = ("transformer_blocks.", "audio_proj.", "face_proj.")
+
+
+def fp8_storage(compute_dtype: torch.dtype) -> Callable[[str, tuple[int, ...]], torch.dtype]:
+    """Storage policy for fp8: the matrices of the blocks and projections in float8_e4m3fn, the rest (norms, biases,
+    embeddings, the position table, the output layer) in the compute dtype. Layers upcast fp8 weights on the fly."""
+
+    def dtype_for(name: str, shape: tuple[int, ...]) -> torch.dtype:
+        is_matrix = name.endswith(".weight") and len(shape) >= 2
+        return torch.float8_e4m3fn if is_matrix and name.startswith(FP8_PREFIXES) else compute_dtype
+
+    return dtype_for
+
+
 def load_transformer(path, dtype=torch.bfloat16, device="cpu", config: Hallo3Config | None = None,
-                     keep_dtype=None) -> Hallo3Transformer:
+                     dtype_for=None) -> Hallo3Transformer:
+    """The main transformer in `dtype` (or per-tensor `dtype_for`, e.g. `fp8_storage(dtype)`) on `device`."""
     weights = TransformerWeights(path, "main")
     config = config or weights.config()
     model = build_on_meta(lambda: Hallo3Transformer(config))
-    return materialize(model, weights.items(), dtype, device, source=weights.source, keep_dtype=keep_dtype).eval()
+    return materialize(model, weights.items(), dtype, device, source=weights.source, dtype_for=dtype_for).eval()
 
 
 def load_reference_net(path, dtype=torch.bfloat16, device="cpu", config: Hallo3Config | None = None,
-                       keep_dtype=None) -> IdentityReferenceNet:
+                       dtype_for=None) -> IdentityReferenceNet:
     weights = TransformerWeights(path, "reference")
     config = (config or weights.config()).reference_config()
     model = build_on_meta(lambda: IdentityReferenceNet(config))
-    return materialize(model, weights.items(), dtype, device, source=weights.source, keep_dtype=keep_dtype).eval()
+    return materialize(model, weights.items(), dtype, device, source=weights.source, dtype_for=dtype_for).eval()

@@ -32,3 +32,35 @@ def python_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """A complete tiny model set in the official pretrained_models/ layout, made once per test session."""
+    from hallo_core.tiny_models import make_tiny_models
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    make_tiny_models(root, seed=0)
+    return root
+
+
+def cut_audio(source: Path, seconds: float, destination: Path) -> Path:
+    """The first `seconds` of a fixture wav, as a wav (for short renders)."""
+    import av
+    import numpy as np
+
+    from hallo_core.audio.decode import decode_audio
+
+    audio = decode_audio(str(source))
+    samples = audio.samples[:, : int(seconds * audio.sample_rate)].numpy()
+    with av.open(str(destination), "w") as container:
+        layout = "mono" if samples.shape[0] == 1 else "stereo"
+        stream = container.add_stream("pcm_s16le", rate=audio.sample_rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray((samples.T.reshape(1, -1) * 32767).astype(np.int16), format="s16",
+                                           layout=layout)
+        frame.sample_rate = audio.sample_rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return destination

@@ -1,0 +1,138 @@
+"""Hallo3's models under ComfyUI's model management.
+
+Each torch model is wrapped in a `comfy.model_patcher.ModelPatcher` and brought to the GPU with
+`comfy.model_management.load_models_gpu`, so ComfyUI loads, offloads, evicts and partially loads ("lowvram") it like
+its own models, and frees it for the user's other models. Linear/conv/norm layers are switched to `comfy.ops`
+classes (same parameters, same maths) so a partially loaded model streams its weights instead of failing; with fp8
+storage they cast weights to the compute dtype on the fly (`comfy.ops.manual_cast`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import torch
+
+_OPS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "GroupNorm", "LayerNorm")
+
+
+def adopt_comfy_ops(module: torch.nn.Module, cast_weights: bool = False) -> torch.nn.Module:
+    """Give every plain torch layer its `comfy.ops` twin (a subclass: parameters and outputs unchanged)."""
+    family = comfy.ops.manual_cast if cast_weights else comfy.ops.disable_weight_init
+    for child in module.modules():
+        for name in _OPS:
+            if type(child) is getattr(torch.nn, name):
+                child.__class__ = getattr(family, name)
+    return module
+
+
+def _torch_module(obj: Any) -> torch.nn.Module | None:
+    """The nn.Module inside a model object (our wrappers keep it in `.model`); None for ONNX models."""
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    inner = getattr(obj, "model", None)
+    return inner if isinstance(inner, torch.nn.Module) else None
+
+
+class _Managed(torch.nn.Module):
+    """A plain container for ComfyUI's ModelPatcher, which sets attributes such as `device` on the module it manages;
+    transformers' and diffusers' models expose `device` as a read-only property."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+
+class ComfyModels:
+    """The pipeline's `ModelProvider` inside ComfyUI: `use(name)` loads through ComfyUI's model management."""
+
+    def __init__(self, loaders: dict[str, Callable[[torch.device], Any]], memory_required: dict[str, int],
+                 cast_weights: set[str] = frozenset()):
+        self.loaders = loaders
+        self.memory_required = memory_required
+        self.cast_weights = cast_weights
+        self.load_device = mm.get_torch_device()
+        self.offload_device = mm.unet_offload_device()
+        self._objects: dict[str, Any] = {}
+        self._patchers: dict[str, comfy.model_patcher.ModelPatcher] = {}
+
+    def _get(self, name: str) -> Any:
+        if name not in self._objects:
+            obj = self.loaders[name](self.offload_device)
+            module = _torch_module(obj)
+            if module is not None:
+                adopt_comfy_ops(module, cast_weights=name in self.cast_weights)
+                self._patchers[name] = comfy.model_patcher.ModelPatcher(
+                    _Managed(module), load_device=self.load_device, offload_device=self.offload_device)
+            self._objects[name] = obj
+        return self._objects[name]
+
+    @contextlib.contextmanager
+    def use(self, name: str):
+        obj = self._get(name)
+        patcher = self._patchers.get(name)
+        if patcher is not None:
+            mm.load_models_gpu([patcher], memory_required=self.memory_required.get(name, 0))
+            if not isinstance(obj, torch.nn.Module) and hasattr(obj, "device"):
+                obj.device = torch.device(self.load_device)  # wrappers place their inputs on this device
+        yield obj
+
+    def release(self, name: str) -> None:
+        # ComfyUI tracks loaded models through weak references: dropping ours frees the model.
+        had_patcher = self._patchers.pop(name, None) is not None
+        self._objects.pop(name, None)
+        if had_patcher:
+            mm.cleanup_models_gc()
+            mm.soft_empty_cache()
+
+    def cancel_check(self) -> bool:
+        mm.throw_exception_if_processing_interrupted()  # raises ComfyUI's own interruption
+        return False
+
+
+class HalloModel:
+    """The value of a HALLO_MODEL: where the files are, the precision, and the pipeline that uses them."""
+
+    def __init__(self, files, config, dtype: torch.dtype, memory: str, storage_fp8: bool,
+                 upscaler: str | None = None):
+        from ..hallo_core.audio.vocal_separation import load_vocal_separator
+        from ..hallo_core.audio.wav2vec_features import load_wav2vec
+        from ..hallo_core.face.identity import load_face_analyzer
+        from ..hallo_core.pipeline import Hallo3Pipeline
+        from ..hallo_core.text_encoder import load_text_encoder
+        from ..hallo_core.transformer_checkpoint import load_reference_net, load_transformer
+        from ..hallo_core.vae_checkpoint import load_vae
+
+        self.files = files
+        self.config = config
+        self.dtype = dtype
+        self.memory = memory
+        self.upscaler = upscaler
+        from ..hallo_core.transformer_checkpoint import fp8_storage
+
+        storage = fp8_storage(dtype) if storage_fp8 else None
+        loaders = {
+            "transformer": lambda d: load_transformer(files.transformer, dtype=dtype, device=d, config=config,
+                                                      dtype_for=storage),
+            "reference_net": lambda d: load_reference_net(files.reference, dtype=dtype, device=d, config=config,
+                                                          dtype_for=storage),
+            "vae": lambda d: load_vae(files.vae, dtype=dtype, device=d),
+            "text_encoder": lambda d: load_text_encoder(files.text_encoder, device=d, dtype=dtype),
+            "wav2vec": lambda d: load_wav2vec(files.wav2vec, device=d),
+            "face": lambda d: load_face_analyzer(files.face_models, device=mm.get_torch_device()),
+            "separator": lambda d: load_vocal_separator(files.require_vocal_separator(),
+                                                        device=mm.get_torch_device()),
+        }
+        tokens = config.text_length + config.latent_frames * config.tokens_per_frame + config.tokens_per_frame
+        element = torch.finfo(dtype).bits // 8
+        memory_required = {  # activations of one phase, beyond the weights (rough upper bounds)
+            "transformer": 2 * tokens * (config.mlp_dim + 4 * config.hidden_size) * element * 2,
+            "vae": 3 * 49 * 128 * config.pixel_size[0] * config.pixel_size[1] * element,
+        }
+        self.models = ComfyModels(loaders, memory_required,
+                                  cast_weights={"transformer", "reference_net"} if storage_fp8 else set())
+        self.pipeline = Hallo3Pipeline(self.models, config, dtype=dtype, device=mm.get_torch_device())

@@ -1,0 +1,106 @@
+"""LoadHalloModel: picks Hallo3's files from ComfyUI's model folders (or an official pretrained_models folder)."""
+
+from __future__ import annotations
+
+import comfy.model_management as mm
+import torch
+from comfy_api.latest import io
+
+from ..hallo_core.errors import HalloError, ModelFileError
+from ..hallo_core.model_files import ModelFiles
+from ..hallo_core.transformer_checkpoint import TransformerWeights
+from . import model_folders as folders
+from .comfy_models import HalloModel
+from .hallo_types import CATEGORY, HalloModelType
+
+PRECISIONS = ["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"]
+MEMORY = ["balanced", "full", "low"]
+
+
+def _choices(extra: list[str], found: list[str]) -> list[str]:
+    return extra + [name for name in found if name not in extra]
+
+
+class LoadHalloModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        official = folders.OFFICIAL
+        return io.Schema(
+            node_id="LoadHalloModel",
+            display_name="LoadHalloModel",
+            category=CATEGORY,
+            description="Loads Hallo3 (transformer, identity reference network, VAE, T5, wav2vec2, InsightFace, "
+                        "vocal separator) lazily: each model is read when a node first needs it and managed by "
+                        "ComfyUI's model management.",
+            inputs=[
+                io.Combo.Input("official_models", options=_choices([folders.NONE], folders.official_roots()),
+                               tooltip="an official pretrained_models folder inside a 'hallo3' model folder; "
+                                       "components set to '(official pretrained_models)' come from it"),
+                io.Combo.Input("transformer", options=_choices([official], folders.files(
+                    "diffusion_models", contains=("hallo3",), suffixes=(".safetensors",))),
+                    tooltip="hallo3_transformer_*.safetensors in models/diffusion_models (python -m hallo_core "
+                            "convert)"),
+                io.Combo.Input("reference", options=_choices([official], folders.files(
+                    "diffusion_models", contains=("reference",), suffixes=(".safetensors",))),
+                    tooltip="hallo3_reference_*.safetensors: the identity reference network"),
+                io.Combo.Input("vae", options=_choices([official], folders.files("vae")),
+                               tooltip="the CogVideoX-5B VAE"),
+                io.Combo.Input("text_encoder", options=_choices([official], folders.folders(
+                    "text_encoders", "spiece.model")), tooltip="a T5 v1.1 XXL folder in models/text_encoders"),
+                io.Combo.Input("audio_encoder", options=_choices([official], folders.folders(
+                    "audio_encoders", "preprocessor_config.json")),
+                    tooltip="the wav2vec2-base-960h folder in models/audio_encoders"),
+                io.Combo.Input("face_models", options=_choices([official], folders.folders(
+                    "insightface", "glintr100.onnx")), tooltip="InsightFace antelopev2 in models/insightface"),
+                io.Combo.Input("vocal_separator", options=_choices([official, folders.NONE], folders.files(
+                    "audio_separator", suffixes=(".onnx",))), tooltip="Kim_Vocal_2.onnx in models/audio_separator"),
+                io.Combo.Input("upscaler", options=_choices([folders.NONE], folders.files(
+                    "upscale_models", contains=("hallo2", "net_g", "vq"))),
+                    tooltip="Hallo2's temporal VQ face upscaler, for VQTemporalUpscale4K"),
+                io.Combo.Input("precision", options=PRECISIONS, default="auto",
+                               tooltip="auto: bf16 on a GPU (as the official code), fp32 on a CPU; fp8_e4m3fn "
+                                       "stores the transformers' matrices in 8 bits (half the memory, small cost)"),
+                io.Combo.Input("memory", options=MEMORY, default="balanced",
+                               tooltip="balanced: ComfyUI loads each model only for its phase; full: keep them all "
+                                       "on the GPU; low: fp8 storage and weights streamed to the GPU as needed"),
+            ],
+            outputs=[HalloModelType.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, official_models, transformer, reference, vae, text_encoder, audio_encoder, face_models,
+                vocal_separator, upscaler, precision, memory) -> io.NodeOutput:
+        root = None if official_models == folders.NONE else folders.resolve_official_root(official_models)
+        official = ModelFiles.from_pretrained_dir(root) if root else None
+
+        def pick(choice, from_official, resolve):
+            if choice == folders.OFFICIAL:
+                if official is None:
+                    raise ModelFileError("a component is set to '(official pretrained_models)' but no official "
+                                         "folder is selected; pick one in official_models or pick a file")
+                return from_official(official)
+            return resolve(choice)
+
+        files = ModelFiles(
+            transformer=pick(transformer, lambda o: o.transformer,
+                             lambda n: folders.resolve_file("diffusion_models", n)),
+            reference=pick(reference, lambda o: o.reference, lambda n: folders.resolve_file("diffusion_models", n)),
+            vae=pick(vae, lambda o: o.vae, lambda n: folders.resolve_file("vae", n)),
+            text_encoder=pick(text_encoder, lambda o: o.text_encoder,
+                              lambda n: folders.resolve_folder("text_encoders", n)),
+            wav2vec=pick(audio_encoder, lambda o: o.wav2vec, lambda n: folders.resolve_folder("audio_encoders", n)),
+            face_models=pick(face_models, lambda o: o.face_models, lambda n: folders.resolve_folder("insightface", n)),
+            vocal_separator=None if vocal_separator == folders.NONE else pick(
+                vocal_separator, lambda o: o.require_vocal_separator(),
+                lambda n: folders.resolve_file("audio_separator", n)),
+        )
+        upscaler_path = None if upscaler == folders.NONE else folders.resolve_file("upscale_models", upscaler)
+        device = mm.get_torch_device()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
+            precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        storage_fp8 = precision == "fp8_e4m3fn" or memory == "low"
+        try:
+            config = TransformerWeights(files.transformer, "main").config()
+        except HalloError:
+            raise
+        return io.NodeOutput(HalloModel(files, config, dtype, memory, storage_fp8, upscaler_path))
