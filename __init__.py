@@ -1,7 +1,11 @@
 """ComfyUI entry point of the Hallo node pack (V3 API): the nodes live in `nodes/`, the engine in `hallo_core/`."""
 
-from .nodes import comfy_entrypoint
+import importlib.util
 
 WEB_DIRECTORY = "./web"
 
-__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]
+# Outside ComfyUI (tests, tools that import the repository as a package) there are no nodes to register.
+if importlib.util.find_spec("comfy_api") is not None:
+    from .nodes import comfy_entrypoint
+
+    __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

@@ -61,6 +61,7 @@ class _ProgressBar:
 
 
 def _generate(args) -> int:
+    from .denoiser import SeparateGuidance
     from .generate import generate
     from .motion import MotionOptions
     from .pipeline import RenderSettings
@@ -71,7 +72,13 @@ def _generate(args) -> int:
                                protect_face=args.protect_face, carry_latents=args.carry_latents)
     except ValueError as exc:
         raise HalloError(str(exc)) from None
-    settings = RenderSettings(steps=args.steps, cfg_scale=args.cfg, seed=args.seed, motion=motion)
+    guidance = None
+    if args.text_cfg is not None or args.audio_cfg is not None or args.ref_cfg is not None:
+        guidance = SeparateGuidance(text=args.cfg if args.text_cfg is None else args.text_cfg,
+                                    audio=args.cfg if args.audio_cfg is None else args.audio_cfg,
+                                    reference=args.ref_cfg)
+    settings = RenderSettings(steps=args.steps, cfg_scale=args.cfg, seed=args.seed, motion=motion,
+                              step_cache=args.step_cache, guidance=guidance)
     result = generate(
         image=args.image, audio=args.audio, out=args.out, models=args.models, prompt=args.prompt,
         settings=settings, device=args.device, dtype=_torch_dtype(args.dtype),
@@ -92,6 +99,21 @@ def _make_tiny_models(args) -> int:
     written = make(args.dir, seed=args.seed)
     for name, path in written.items():
         print(f"{name}: {path}")
+    return 0
+
+
+def _upscale(args) -> int:
+    from .upscaler.video_io import upscale_video_file
+
+    if (args.scale is None) == (args.long_side is None):
+        args.scale = None if args.long_side else 4.0
+    summary = upscale_video_file(
+        args.input, args.out, upscaler_weights=args.upscaler, detector_model=args.detector,
+        parsing_model=args.parsing, background_model=args.background, scale=args.scale,
+        target_long_side=args.long_side, fidelity_weight=args.fidelity, device=args.device,
+    )
+    print(f"{summary['out']}: {summary['frames']} frames at {summary['fps']:g} fps "
+          f"(faces in {summary['faces_detected']} frames)")
     return 0
 
 
@@ -125,8 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drive the model with the audio as is instead of the separated vocals")
     gen.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
     gen.add_argument("--dtype", default=None, help="bf16 (default on GPU), fp16 or fp32 (default on CPU)")
-    gen.add_argument("--residency", default="balanced", choices=["full", "balanced"],
-                     help="full: keep every model on the GPU; balanced: only the running phase's model")
+    gen.add_argument("--residency", default="balanced", choices=["full", "balanced", "low"],
+                     help="full: every model stays on the GPU; balanced: only the running phase's model; low: "
+                          "also fp8 transformer weights and blocks streamed from host memory (24 GB GPUs)")
+    gen.add_argument("--text-cfg", type=float, default=None,
+                     help="separate text guidance scale (adds a third branch: 1.5x cost; default: official single cfg)")
+    gen.add_argument("--audio-cfg", type=float, default=None, help="separate audio guidance scale (with --text-cfg)")
+    gen.add_argument("--ref-cfg", type=float, default=None,
+                     help="reference (identity) guidance scale: a fourth branch without the reference tokens (2x)")
+    gen.add_argument("--step-cache", type=float, default=0.0,
+                     help="first-block step cache threshold, e.g. 0.05 (faster, changes the result; 0 = off)")
     gen.add_argument("--render-dir", default=None, help="where finished clips are kept (default: OUT.render/)")
     gen.add_argument("--keep-render", action="store_true", help="keep the render directory after success")
     gen.add_argument("--motion-frames", type=int, default=2, help="frames each clip continues from (official: 2)")
@@ -137,6 +167,30 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--carry-latents", action="store_true",
                      help="continue clips from latents instead of re-encoded frames (experimental)")
     gen.set_defaults(run=_generate)
+
+    up = commands.add_parser("upscale", help="Hallo2 temporal VQ face upscaling of a video (to 4K), with its audio")
+    up.add_argument("--input", required=True, help="video to upscale (e.g. the output of generate)")
+    up.add_argument("--out", required=True, help="output .mp4")
+    up.add_argument("--upscaler", required=True, help="Hallo2 net_g.pth (pretrained_models/hallo2/) or .safetensors")
+    up.add_argument("--detector", required=True,
+                    help="scrfd_10g_bnkps.onnx (pretrained_models/face_analysis/models/)")
+    up.add_argument("--parsing", default=None, help="parsing_parsenet.pth (soft face mask; default: feathered box)")
+    up.add_argument("--background", default=None,
+                    help="RealESRGAN_x2plus.pth (needs spandrel; default: Lanczos background)")
+    up.add_argument("--scale", type=float, default=None, help="scale factor (default 4: 480x720 -> 1920x2880)")
+    up.add_argument("--long-side", type=int, default=None, help="instead of --scale: long side in pixels (<= 4096)")
+    up.add_argument("--fidelity", type=float, default=0.5, help="0: codebook only, 1: closest to the input")
+    up.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    up.set_defaults(run=_upscale)
+
+    bench = commands.add_parser("bench", help="speed and memory with random weights (full size on a GPU)")
+    bench.add_argument("--size", default="tiny", choices=["tiny", "full"])
+    bench.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    bench.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"])
+    bench.add_argument("--steps", type=int, default=5, help="timed denoising steps")
+    bench.add_argument("--out", default="bench.json", help="JSON record")
+    bench.add_argument("--docs", default=None, help="append a row to this markdown file (docs/benchmarks.md)")
+    bench.set_defaults(run=lambda args: __import__("hallo_core.bench", fromlist=["main"]).main(args))
 
     tiny = commands.add_parser("make-tiny-models", help="write tiny random models in the official layout")
     tiny.add_argument("dir", help="folder to write (the pretrained_models/ layout)")

@@ -14,8 +14,24 @@ import torch
 
 from .models.transformer import Hallo3Transformer, ReferenceKV
 from .sampling import Schedule, apply_cfg, v_to_x0
+from .step_cache import StepCache
 
 OFFICIAL_CFG_SCALE = 3.5
+
+
+@dataclass(frozen=True)
+class SeparateGuidance:
+    """The paper's separate guidance scales instead of the official single one (explicit option, costs more).
+
+    Branches: uncond (no text, no audio), text (text, no audio), full (text and audio), and with `reference` a
+    fourth without the identity reference tokens. x0 = n + s_ref (u - n) + s_text (t - u) + s_audio (f - t); with
+    equal text and audio scales and no reference scale this is the official u + s (f - u), at 1.5x the cost
+    (3 branches instead of 2; 2x with the reference branch).
+    """
+
+    text: float = OFFICIAL_CFG_SCALE
+    audio: float = OFFICIAL_CFG_SCALE
+    reference: float | None = None
 
 
 @dataclass
@@ -53,23 +69,45 @@ class GuidedDenoiser:
     """`denoiser(x, step) -> guided x0` for `sample_vp_dpmpp_2m`."""
 
     def __init__(self, model: Hallo3Transformer, conditioning: ClipConditioning, schedule: Schedule,
-                 cfg_scale: float = OFFICIAL_CFG_SCALE):
+                 cfg_scale: float = OFFICIAL_CFG_SCALE, step_cache: StepCache | None = None,
+                 separate: SeparateGuidance | None = None):
         self.model = model
         self.conditioning = conditioning
         self.schedule = schedule
         self.cfg_scale = cfg_scale
+        self.step_cache = step_cache
+        self.separate = separate
 
-    def velocity(self, x: torch.Tensor, timestep: int) -> torch.Tensor:
-        """The batched [uncond, cond] v prediction for noisy latents x (1, t, 16, h, w)."""
+    def velocity(self, x: torch.Tensor, timestep: int, text_rows=(0, 1), audio_rows=(0, 1),
+                 with_reference: bool = True) -> torch.Tensor:
+        """The batched v prediction for noisy latents x (1, t, 16, h, w); row i uses the conditioning's text row
+        `text_rows[i]` and audio row `audio_rows[i]` (0: zeros, 1: the clip's). Default: official [uncond, cond]."""
         c = self.conditioning
-        batch = torch.cat([x, x]).to(self.model.dtype)
-        latents = torch.cat([batch, torch.cat([c.condition_latents] * 2).to(batch.dtype)], dim=2)
-        timesteps = torch.full((2,), float(timestep), device=x.device)
+        rows = len(text_rows)
+        batch = x.expand(rows, -1, -1, -1, -1).to(self.model.dtype)
+        latents = torch.cat([batch, c.condition_latents.expand(rows, -1, -1, -1, -1).to(batch.dtype)], dim=2)
+        timesteps = torch.full((rows,), float(timestep), device=x.device)
+        text, audio = c.text_states[list(text_rows)], c.audio_tokens[list(audio_rows)]
+        face = c.face_tokens[[0] * rows]
+        reference = c.reference_kv if with_reference else None
         with torch.no_grad():
-            return self.model(latents, timesteps, c.text_states, c.audio_tokens, c.face_tokens, c.reference_kv)
+            cache = self.step_cache if with_reference else None  # the cache follows the main branches only
+            return self.model(latents, timesteps, text, audio, face, reference, step_cache=cache)
 
     def __call__(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        v = self.velocity(x, self.schedule.timesteps[step])
-        alpha = self.schedule.denoiser_alphas[step].to(x.device).expand(2)
-        x0 = v_to_x0(v, torch.cat([x, x]).to(torch.float32), alpha)
-        return apply_cfg(x0, self.cfg_scale)
+        timestep = self.schedule.timesteps[step]
+        alpha = self.schedule.denoiser_alphas[step].to(x.device)
+        x32 = x.to(torch.float32)
+
+        def denoised(v):
+            return v_to_x0(v, x32.expand(v.shape[0], -1, -1, -1, -1), alpha.expand(v.shape[0]))
+
+        if self.separate is None:
+            return apply_cfg(denoised(self.velocity(x, timestep)), self.cfg_scale)
+        s = self.separate
+        uncond, text, full = denoised(self.velocity(x, timestep, (0, 1, 1), (0, 0, 1))).chunk(3)
+        x0 = uncond + s.text * (text - uncond) + s.audio * (full - text)
+        if s.reference is not None:
+            bare = denoised(self.velocity(x, timestep, (0,), (0,), with_reference=False))
+            x0 = x0 + (s.reference - 1) * (uncond - bare)
+        return x0

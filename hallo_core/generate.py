@@ -36,17 +36,38 @@ def build_pipeline(files: ModelFiles, device: str | torch.device = "cpu", dtype:
                    residency: str = "balanced") -> Hallo3Pipeline:
     from .audio.vocal_separation import load_vocal_separator
     from .audio.wav2vec_features import load_wav2vec
+    from .block_streaming import BlockStreamer
     from .face.identity import load_face_analyzer
     from .text_encoder import load_text_encoder
-    from .transformer_checkpoint import load_reference_net, load_transformer
+    from .transformer_checkpoint import fp8_storage, load_reference_net, load_transformer
     from .vae_checkpoint import load_vae
+    from .weight_casting import enable_weight_casting
 
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     config = TransformerWeights(files.transformer, "main").config()
+    low = residency == "low"
+    storage = fp8_storage(dtype) if low else None
+
+    def main_transformer(target: torch.device):
+        stream = low and target.type == "cuda"
+        model = load_transformer(files.transformer, dtype=dtype, device="cpu" if stream else target, config=config,
+                                 dtype_for=storage)
+        if low:
+            enable_weight_casting(model)
+        if stream:
+            model.block_streamer = BlockStreamer(model.transformer_blocks, target)
+        return model
+
+    def reference_net(target: torch.device):
+        model = load_reference_net(files.reference, dtype=dtype, device=target, config=config, dtype_for=storage)
+        if low:
+            enable_weight_casting(model)
+        return model
+
     loaders = {
-        "transformer": lambda d: load_transformer(files.transformer, dtype=dtype, device=d, config=config),
-        "reference_net": lambda d: load_reference_net(files.reference, dtype=dtype, device=d, config=config),
+        "transformer": main_transformer,
+        "reference_net": reference_net,
         "vae": lambda d: load_vae(files.vae, dtype=dtype, device=d),
         "text_encoder": lambda d: load_text_encoder(files.text_encoder, device=d, dtype=dtype),
         "wav2vec": lambda d: load_wav2vec(files.wav2vec, device=d),

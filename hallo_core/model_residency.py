@@ -1,11 +1,13 @@
-"""Which model is on the compute device when: load on first use, and keep only the running phase's model resident.
+"""Which model is on the compute device when (memory presets of the command line).
 
 Hallo3's phases use different large models (T5 9.5 GB, reference network 11.3 GB, transformer 17.9 GB, VAE; bf16).
-The official code keeps them all on the GPU (~40 GB of weights). Here:
+The official code keeps them all on the GPU (~40 GB of weights). Presets:
 
-* `full`: every model stays on the device after its first use (fastest when it fits);
-* `balanced`: a model is on the device only inside `use(name)`; afterwards it goes back to host memory, so the peak
-  is the largest phase, not the sum. Models used once per video (the reference network) are dropped after use.
+* `full`: every model stays on the device after its first use (fastest when it all fits);
+* `balanced`: a model is on the device only inside `use(name)` and goes back to host memory afterwards, so the peak
+  is the largest phase, not the sum; models used once per video (the reference network) are dropped after use;
+* `low`: as balanced, and the transformers keep their matrices in fp8 (weight_casting.py) with the main
+  transformer's blocks streamed from pinned host memory one block ahead of the computation (block_streaming.py).
 
 ComfyUI replaces this class with one that asks ComfyUI's model management to load and evict (nodes/).
 """
@@ -18,22 +20,22 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-RESIDENCY_PRESETS = ("full", "balanced")
+RESIDENCY_PRESETS = ("full", "balanced", "low")
 
 
 class LocalModels:
     def __init__(self, loaders: dict[str, Callable[[torch.device], Any]], device: str | torch.device = "cpu",
-                 residency: str = "balanced"):
+                 residency: str = "balanced", offload_device: str | torch.device = "cpu"):
         if residency not in RESIDENCY_PRESETS:
             raise ValueError(f"residency must be one of {RESIDENCY_PRESETS}")
         self.loaders = loaders
         self.device = torch.device(device)
+        self.offload_device = torch.device(offload_device)
         self.residency = residency
         self._models: dict[str, Any] = {}
+        self.resident: set[str] = set()  # models on the compute device right now
         self.load_counts: dict[str, int] = {}
-
-    def _offload_device(self) -> torch.device:
-        return torch.device("cpu")
+        self.residency_log: list[frozenset[str]] = []  # the models resident each time one was brought in
 
     @contextlib.contextmanager
     def use(self, name: str) -> Iterator[Any]:
@@ -44,16 +46,20 @@ class LocalModels:
             self._models[name] = model
             self.load_counts[name] = self.load_counts.get(name, 0) + 1
         _move(model, self.device)
+        self.resident.add(name)
+        self.residency_log.append(frozenset(self.resident))
         try:
             yield model
         finally:
-            if self.residency == "balanced" and self.device.type != "cpu":
-                _move(model, self._offload_device())
+            if self.residency != "full":
+                _move(model, self.offload_device)
+                self.resident.discard(name)
                 _empty_cache(self.device)
 
     def release(self, name: str) -> None:
         """Forget a model entirely (it is loaded again from disk if used later)."""
         if self._models.pop(name, None) is not None:
+            self.resident.discard(name)
             gc.collect()
             _empty_cache(self.device)
 
@@ -62,7 +68,12 @@ class LocalModels:
 
 
 def _move(model: Any, device: torch.device) -> None:
-    if callable(getattr(model, "to", None)):  # torch modules and wrappers; ONNX sessions stay where they are
+    streamer = getattr(model, "block_streamer", None)
+    if streamer is not None:  # the streamer places the blocks itself; move only the rest
+        for child_name, child in model.named_children():
+            if child_name != "transformer_blocks":
+                child.to(device)
+    elif callable(getattr(model, "to", None)):  # torch modules and wrappers; ONNX sessions stay where they are
         model.to(device)
 
 

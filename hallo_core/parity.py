@@ -46,7 +46,7 @@ def run_parity(weights: str, io_path: str, config_path: str, device: str = "cpu"
     if description.get("model") == "hallo2_vq_upscaler":
         from .upscaler.parity import run_upscaler_parity
 
-        return run_upscaler_parity(weights, io_path, config_path)
+        return run_upscaler_parity(weights, io_path, config_path, device=device)
     return run_hallo3_parity(weights, io_path, description, device)
 
 

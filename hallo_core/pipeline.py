@@ -14,6 +14,7 @@ segments or resumed and still equal a single pass.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Protocol
 
@@ -22,15 +23,16 @@ import torch
 
 from .audio import Audio, AudioFeatures, clip_audio, decode_audio, prepare_speech
 from .clip_plan import ClipPlan, clip_generator, reference_generator
-from .denoiser import OFFICIAL_CFG_SCALE, GuidedDenoiser, build_clip_conditioning
+from .denoiser import OFFICIAL_CFG_SCALE, GuidedDenoiser, SeparateGuidance, build_clip_conditioning
 from .errors import InputError
 from .face import ReferenceImages, load_image, prepare_reference
 from .latent_preview import LatentPreviewer
 from .models.config import Hallo3Config
-from .motion import MotionOptions, augment_motion_frames, encode_condition
+from .motion import MotionOptions, augment_motion_frames, encode_condition, pad_condition
 from .progress import ProgressEvent, Reporter
 from .render_store import RenderStore
 from .sampling import generator_noise, sample_vp_dpmpp_2m, sat_schedule
+from .step_cache import StepCache
 
 OFFICIAL_STEPS = 50
 
@@ -49,10 +51,14 @@ class RenderSettings:
     cfg_scale: float = OFFICIAL_CFG_SCALE
     seed: int = 42
     motion: MotionOptions = field(default_factory=MotionOptions)
+    step_cache: float = 0.0  # first-block cache threshold (step_cache.py); 0 = off, the official computation
+    guidance: SeparateGuidance | None = None  # the paper's separate text/audio(/reference) scales; None = official
 
     def __post_init__(self):
         if not 1 <= self.steps <= 1000:
             raise InputError(f"steps must be between 1 and 1000, got {self.steps}")
+        if not 0.0 <= self.step_cache < 1.0:
+            raise InputError(f"step cache threshold must be in [0, 1), got {self.step_cache}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +93,7 @@ class ClipResult:
     frames: torch.Tensor  # (n, 3, H, W) float32 in [0, 1]: the clip's new frames, trimmed to the video
     motion_frames: torch.Tensor  # (m, 3, H, W) float32 in [0, 1]: its last decoded frames, to continue from
     resumed: bool = False  # read back from the render directory instead of rendered
+    last_latent: torch.Tensor | None = None  # (1, 16, h, w) its last latent frame (for `carry_latents`)
 
 
 def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -145,11 +152,11 @@ class Hallo3Pipeline:
 
     def reference_tokens(self, identity: IdentityConditioning, seed: int) -> list[torch.Tensor]:
         """The reference network's per-layer tokens: once per video (the official code recomputes them per clip)."""
-        key = (id(identity), seed)
+        masked = identity.references.masked
+        key = (hashlib.sha256(masked.detach().cpu().float().numpy().tobytes()).hexdigest(), seed)
         if key not in self._reference_cache:
-            masked = identity.references.masked.unsqueeze(2)  # (1, 3, 1, H, W)
-            with self.models.use("vae") as vae:
-                latent = vae.encode(masked, reference_generator(seed)).permute(0, 2, 1, 3, 4)
+            with self.models.use("vae") as vae:  # (1, 3, 1, H, W) -> (1, 1, 16, h, w)
+                latent = vae.encode(masked.unsqueeze(2), reference_generator(seed)).permute(0, 2, 1, 3, 4)
             with torch.no_grad(), self.models.use("reference_net") as reference_net:
                 tokens = reference_net(latent.to(self.device))
             self.models.release("reference_net")  # never needed again for this video
@@ -191,8 +198,10 @@ class Hallo3Pipeline:
             frames = torch.from_numpy(store.clip_frames(index)).permute(0, 3, 1, 2).float() / 255
             last = store.motion_frames(index) if index == first - 1 else frames[-settings.motion.frames:]
             yield ClipResult(index, frames, last, resumed=True)
+        previous_latent = None
         if first > clips.start:
             previous_frames = store.motion_frames(first - 1)
+            previous_latent = store.motion_latent(first - 1)
         if first >= clips.stop:
             return
 
@@ -205,15 +214,15 @@ class Hallo3Pipeline:
         for index in range(first, clips.stop):
             reporter(ProgressEvent("prepare", clip=index - clips.start, clips=len(clips)))
             result = self._render_clip(index, plan, identity, speech, text, face, reference_kv, settings,
-                                       schedule, previous_frames, reporter, len(clips), clips.start)
+                                       schedule, previous_frames, previous_latent, reporter, len(clips), clips.start)
             if store is not None:
-                store.save_clip(index, frames_to_uint8(result.frames), result.motion_frames)
-            previous_frames = result.motion_frames
+                store.save_clip(index, frames_to_uint8(result.frames), result.motion_frames, result.last_latent)
+            previous_frames, previous_latent = result.motion_frames, result.last_latent
             reporter(ProgressEvent("clip_done", clip=index - clips.start, clips=len(clips)))
             yield result
 
     def _render_clip(self, index, plan, identity, speech, text, face, reference_kv, settings, schedule,
-                     previous_frames, reporter, clip_count, first_clip) -> ClipResult:
+                     previous_frames, previous_latent, reporter, clip_count, first_clip) -> ClipResult:
         motion = settings.motion
         generator = clip_generator(settings.seed, index)
         full = identity.references.full.to(self.device)
@@ -226,9 +235,13 @@ class Hallo3Pipeline:
             source = previous_frames[-motion.frames:].to(self.device, torch.float32) * 2 - 1
         source = augment_motion_frames(source.to(self.dtype), motion, generator, identity.face_box)
 
-        with self.models.use("vae") as vae:
-            condition = encode_condition(vae.encode, full.to(self.dtype), source, self.config.latent_frames,
-                                         generator)
+        if motion.carry_latents and previous_latent is not None:
+            # Option: continue from the previous clip's last latent frame, skipping the decode/re-encode round trip.
+            condition = pad_condition(previous_latent.unsqueeze(1).to(self.device), self.config.latent_frames)
+        else:
+            with self.models.use("vae") as vae:
+                condition = encode_condition(vae.encode, full.to(self.dtype), source, self.config.latent_frames,
+                                             generator)
         latent_shape = (1, self.config.latent_frames, self.config.out_channels,
                         self.config.latent_height, self.config.latent_width)
         noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32).to(self.device)
@@ -238,7 +251,9 @@ class Hallo3Pipeline:
         with self.models.use("transformer") as transformer:
             conditioning = build_clip_conditioning(transformer, condition.to(self.device), text,
                                                    audio.to(self.device), face, reference_kv)
-            denoiser = GuidedDenoiser(transformer, conditioning, schedule, settings.cfg_scale)
+            cache = StepCache(settings.step_cache) if settings.step_cache > 0 else None
+            denoiser = GuidedDenoiser(transformer, conditioning, schedule, settings.cfg_scale, cache,
+                                      settings.guidance)
 
             def guided(x, step):
                 reporter.check_cancel()
@@ -255,7 +270,8 @@ class Hallo3Pipeline:
             pixels = vae.decode(latents.permute(0, 2, 1, 3, 4))[0].transpose(0, 1)  # (49, 3, H, W) in [0, 1]
         kept = plan.clip_output_frames(index)
         new = pixels[motion.frames: motion.frames + len(kept)]
-        return ClipResult(index, new.float().cpu(), pixels[-motion.frames:].float().cpu())
+        return ClipResult(index, new.float().cpu(), pixels[-motion.frames:].float().cpu(),
+                          last_latent=latents[:, -1].float().cpu())
 
 
 def _box_in_frame(box, image_hw, frame_hw) -> tuple[int, int, int, int]:

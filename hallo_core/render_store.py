@@ -69,9 +69,14 @@ class RenderStore:
             clip -= 1  # its continuation state is missing: redo it
         return clip
 
-    def save_clip(self, clip: int, frames: np.ndarray, motion_frames: torch.Tensor) -> None:
-        """frames: uint8 (n, h, w, 3) the clip contributes; motion_frames: its last decoded frames (float)."""
-        save_file({"frames": motion_frames.detach().to("cpu").contiguous()}, self._motion_path(clip) + ".partial")
+    def save_clip(self, clip: int, frames: np.ndarray, motion_frames: torch.Tensor,
+                  last_latent: torch.Tensor | None = None) -> None:
+        """frames: uint8 (n, h, w, 3) the clip contributes; motion_frames: its last decoded frames (float);
+        last_latent: its last latent frame (for continuing from latents)."""
+        state = {"frames": motion_frames.detach().to("cpu").contiguous()}
+        if last_latent is not None:
+            state["latent"] = last_latent.detach().to("cpu").contiguous()
+        save_file(state, self._motion_path(clip) + ".partial")
         os.replace(self._motion_path(clip) + ".partial", self._motion_path(clip))
         write_clip_frames(self._clip_path(clip), frames)
         for name in os.listdir(self.directory):
@@ -84,6 +89,9 @@ class RenderStore:
 
     def motion_frames(self, clip: int) -> torch.Tensor:
         return load_file(self._motion_path(clip))["frames"]
+
+    def motion_latent(self, clip: int) -> torch.Tensor | None:
+        return load_file(self._motion_path(clip)).get("latent")
 
     def clear(self) -> None:
         """Remove this store's files (only ours: a user folder given as render directory keeps its other files)."""

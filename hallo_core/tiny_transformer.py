@@ -2,7 +2,7 @@
 
 The tiny model keeps every structural feature of the real one (reference network, audio and face projections and
 cross-attentions, learned positions for 13 latent frames, RoPE) at a small width, and its learned position table
-covers 96x144-pixel frames (12x18 latents) instead of 480x720, so a whole render runs on a laptop CPU. The pipeline
+covers 64x96-pixel frames (8x12 latents) instead of 480x720, so a whole render runs on a laptop CPU. The pipeline
 reads the frame size from the weights, so no code path knows it is tiny.
 """
 
@@ -18,7 +18,7 @@ from .models.reference_net import IdentityReferenceNet
 from .models.transformer import Hallo3Transformer
 from .transformer_checkpoint import SAT_PREFIXES, ours_to_sat
 
-TINY_PIXEL_SIZE = (96, 144)
+TINY_PIXEL_SIZE = (64, 96)
 
 
 def tiny_config(text_embed_dim: int, audio_input_dim: int) -> Hallo3Config:

@@ -51,7 +51,7 @@ TRACELESS_DEFAULTS = {
     "sample_height": 480,
     "sample_width": 720,
 }
-TINY_BLOCK_OUT_CHANNELS = (32, 32, 32, 64)  # GroupNorm(32) needs multiples of 32; 4 levels give 8x spatially
+TINY_BLOCK_OUT_CHANNELS = (8, 8, 8, 16)  # 4 levels give 8x spatially; narrow levels keep CPU smoke renders fast
 TINY_LAYERS_PER_BLOCK = 1
 
 
@@ -149,6 +149,9 @@ def infer_vae_config(shapes: Mapping[str, tuple], traceless: Mapping | None = No
     channels = [shape(f"encoder.down_blocks.{i}.resnets.0.conv1.conv.weight")[0] for i in range(max(num_levels, 1))]
     layers = sum(1 for k in shapes if re.match(r"^encoder\.down_blocks\.0\.resnets\.\d+\.conv1\.conv\.weight$", k))
     config = dict(TRACELESS_DEFAULTS)
+    # GroupNorm needs channels divisible by its groups: 32 for the real VAE (128..512 channels); a tiny test VAE with
+    # fewer channels uses as many groups as its narrowest level has channels.
+    config["norm_num_groups"] = min(config["norm_num_groups"], *(int(c) for c in channels))
     config.update({k: v for k, v in (traceless or {}).items() if k in TRACELESS_DEFAULTS})
     config.update(
         in_channels=conv_in[1],
@@ -451,7 +454,8 @@ def tiny_sat_vae_state(
     Convolutions are scaled by 1/sqrt(fan_in) so activations stay near unit size through the levels; values are
     rounded to float16 so a float16 copy holds them exactly.
     """
-    config = dict(TRACELESS_DEFAULTS, block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+    config = dict(TRACELESS_DEFAULTS, norm_num_groups=min(TRACELESS_DEFAULTS["norm_num_groups"], *block_out_channels),
+                  block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
                   latent_channels=16, down_block_types=("CogVideoXDownBlock3D",) * len(block_out_channels),
                   up_block_types=("CogVideoXUpBlock3D",) * len(block_out_channels))
     with torch.device("meta"):
@@ -475,7 +479,7 @@ def tiny_sat_vae_state(
 def write_tiny_sat_vae(path: str | os.PathLike, seed: int = 0) -> None:
     """Write a tiny random VAE in the layout of the official `3d-vae.pt`: `torch.save({"state_dict": {...}})`.
 
-    49 frames of 96x144 pixels encode to 13 latent frames of 12x18 with 16 channels.
+    Any 8x-divisible frame size works, e.g. 49 frames of 64x96 pixels encode to 13 latent frames of 8x12.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

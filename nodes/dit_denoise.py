@@ -13,17 +13,16 @@ import time
 
 import comfy.utils
 import folder_paths
-import numpy as np
 import psutil
 import torch
-from comfy_api.latest import InputImpl, io, ui
+from comfy_api.latest import InputImpl, io
 from PIL import Image
 
 from ..hallo_core.clip_plan import FPS
 from ..hallo_core.errors import InputError
 from ..hallo_core.face.reference_image import crop_output_frames
 from ..hallo_core.motion import MotionOptions
-from ..hallo_core.pipeline import RenderSettings, frames_to_uint8
+from ..hallo_core.pipeline import RenderSettings
 from ..hallo_core.progress import Reporter
 from ..hallo_core.render_store import RenderStore
 from ..hallo_core.video_io import Mp4Writer
@@ -133,7 +132,10 @@ class HalloDiTDenoise(io.ComfyNode):
         if keep_images:
             continuations.record(images[-1], final_motion, last_frame)
         summary = f"frames {first_frame}-{last_frame} ({(last_frame - first_frame) / FPS:.2f} s), {len(clips)} clips"
-        return io.NodeOutput(images, audio, InputImpl.VideoFromFile(video_path), ui=ui.PreviewText(summary))
+        subfolder = os.path.relpath(store.directory, folder_paths.get_output_directory()).replace(os.sep, "/")
+        preview = {"images": [{"filename": "segment.mp4", "subfolder": subfolder, "type": "output"}],
+                   "animated": (True,), "text": (summary,)}  # ComfyUI plays it, with sound, in the node
+        return io.NodeOutput(images, audio, InputImpl.VideoFromFile(video_path), ui=preview)
 
     @staticmethod
     def _previous_frames(motion, identity, start_clip, first_frame, frame_size):

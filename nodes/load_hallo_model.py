@@ -6,7 +6,7 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from ..hallo_core.errors import HalloError, ModelFileError
+from ..hallo_core.errors import ModelFileError
 from ..hallo_core.model_files import ModelFiles
 from ..hallo_core.transformer_checkpoint import TransformerWeights
 from . import model_folders as folders
@@ -21,6 +21,14 @@ def _choices(extra: list[str], found: list[str]) -> list[str]:
     return extra + [name for name in found if name not in extra]
 
 
+def model_combo(name: str, folder: str, options: list[str], tooltip: str) -> io.Combo.Input:
+    """A combo of names inside a ComfyUI model folder; `model_folder` in its spec tells tools (workflow validators)
+    that the choices are files of the installation."""
+    combo = io.Combo.Input(name, options=options, tooltip=tooltip)
+    combo.extra_dict = {**getattr(combo, "extra_dict", {}), "model_folder": folder}  # merged into /object_info
+    return combo
+
+
 class LoadHalloModel(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -33,30 +41,28 @@ class LoadHalloModel(io.ComfyNode):
                         "vocal separator) lazily: each model is read when a node first needs it and managed by "
                         "ComfyUI's model management.",
             inputs=[
-                io.Combo.Input("official_models", options=_choices([folders.NONE], folders.official_roots()),
-                               tooltip="an official pretrained_models folder inside a 'hallo3' model folder; "
-                                       "components set to '(official pretrained_models)' come from it"),
-                io.Combo.Input("transformer", options=_choices([official], folders.files(
+                model_combo("official_models", "hallo3", _choices([folders.NONE], folders.official_roots()),
+                             "an official pretrained_models folder inside a 'hallo3' model folder; components set "
+                             "to '(official pretrained_models)' come from it"),
+                model_combo("transformer", "diffusion_models", _choices([official], folders.files(
                     "diffusion_models", contains=("hallo3",), suffixes=(".safetensors",))),
-                    tooltip="hallo3_transformer_*.safetensors in models/diffusion_models (python -m hallo_core "
-                            "convert)"),
-                io.Combo.Input("reference", options=_choices([official], folders.files(
+                    "hallo3_transformer_*.safetensors in models/diffusion_models (python -m hallo_core convert)"),
+                model_combo("reference", "diffusion_models", _choices([official], folders.files(
                     "diffusion_models", contains=("reference",), suffixes=(".safetensors",))),
-                    tooltip="hallo3_reference_*.safetensors: the identity reference network"),
-                io.Combo.Input("vae", options=_choices([official], folders.files("vae")),
-                               tooltip="the CogVideoX-5B VAE"),
-                io.Combo.Input("text_encoder", options=_choices([official], folders.folders(
-                    "text_encoders", "spiece.model")), tooltip="a T5 v1.1 XXL folder in models/text_encoders"),
-                io.Combo.Input("audio_encoder", options=_choices([official], folders.folders(
+                    "hallo3_reference_*.safetensors: the identity reference network"),
+                model_combo("vae", "vae", _choices([official], folders.files("vae")), "the CogVideoX-5B VAE"),
+                model_combo("text_encoder", "text_encoders", _choices([official], folders.folders(
+                    "text_encoders", "spiece.model")), "a T5 v1.1 XXL folder in models/text_encoders"),
+                model_combo("audio_encoder", "audio_encoders", _choices([official], folders.folders(
                     "audio_encoders", "preprocessor_config.json")),
-                    tooltip="the wav2vec2-base-960h folder in models/audio_encoders"),
-                io.Combo.Input("face_models", options=_choices([official], folders.folders(
-                    "insightface", "glintr100.onnx")), tooltip="InsightFace antelopev2 in models/insightface"),
-                io.Combo.Input("vocal_separator", options=_choices([official, folders.NONE], folders.files(
-                    "audio_separator", suffixes=(".onnx",))), tooltip="Kim_Vocal_2.onnx in models/audio_separator"),
-                io.Combo.Input("upscaler", options=_choices([folders.NONE], folders.files(
+                    "the wav2vec2-base-960h folder in models/audio_encoders"),
+                model_combo("face_models", "insightface", _choices([official], folders.folders(
+                    "insightface", "glintr100.onnx")), "InsightFace antelopev2 in models/insightface"),
+                model_combo("vocal_separator", "audio_separator", _choices([official, folders.NONE], folders.files(
+                    "audio_separator", suffixes=(".onnx",))), "Kim_Vocal_2.onnx in models/audio_separator"),
+                model_combo("upscaler", "upscale_models", _choices([folders.NONE], folders.files(
                     "upscale_models", contains=("hallo2", "net_g", "vq"))),
-                    tooltip="Hallo2's temporal VQ face upscaler, for VQTemporalUpscale4K"),
+                    "Hallo2's temporal VQ face upscaler, for VQTemporalUpscale4K"),
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
                                tooltip="auto: bf16 on a GPU (as the official code), fp32 on a CPU; fp8_e4m3fn "
                                        "stores the transformers' matrices in 8 bits (half the memory, small cost)"),
@@ -66,6 +72,31 @@ class LoadHalloModel(io.ComfyNode):
             ],
             outputs=[HalloModelType.Output(display_name="model")],
         )
+
+    @classmethod
+    def validate_inputs(cls, official_models, transformer, reference, vae, text_encoder, audio_encoder, face_models,
+                        vocal_separator, upscaler, precision, memory):
+        """Refuse, when the prompt is queued, any name that is not a file or folder of the model folders."""
+        special = {folders.OFFICIAL, folders.NONE}
+        checks = [("hallo3", official_models, "folder"), ("diffusion_models", transformer, "file"),
+                  ("diffusion_models", reference, "file"), ("vae", vae, "file"),
+                  ("text_encoders", text_encoder, "folder"), ("audio_encoders", audio_encoder, "folder"),
+                  ("insightface", face_models, "folder"), ("audio_separator", vocal_separator, "file"),
+                  ("upscale_models", upscaler, "file")]
+        for key, value, kind in checks:
+            if value in special:
+                continue
+            if key == "hallo3":
+                if value not in folders.official_roots():
+                    return f"'{value}' is not an official pretrained_models folder in the 'hallo3' model folders"
+                continue
+            try:
+                folders.resolve_file(key, value) if kind == "file" else folders.resolve_folder(key, value)
+            except ModelFileError as error:
+                return str(error)
+        if precision not in PRECISIONS or memory not in MEMORY:
+            return f"precision must be one of {PRECISIONS} and memory one of {MEMORY}"
+        return True
 
     @classmethod
     def execute(cls, official_models, transformer, reference, vae, text_encoder, audio_encoder, face_models,
@@ -99,8 +130,5 @@ class LoadHalloModel(io.ComfyNode):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
             precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
         storage_fp8 = precision == "fp8_e4m3fn" or memory == "low"
-        try:
-            config = TransformerWeights(files.transformer, "main").config()
-        except HalloError:
-            raise
+        config = TransformerWeights(files.transformer, "main").config()
         return io.NodeOutput(HalloModel(files, config, dtype, memory, storage_fp8, upscaler_path))

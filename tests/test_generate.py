@@ -48,7 +48,7 @@ def test_generate_writes_an_mp4_as_long_as_the_speech(tiny_models, portraits_dir
     assert info["frames"] == math.ceil(seconds * 25) == 245
     assert abs(audio[0]["duration"] - info["frames"] / 25) <= 1 / 25
     # The portrait is square: the official output crops the padded frames back to a square.
-    assert (video[0]["width"], video[0]["height"]) == (96, 96)
+    assert (video[0]["width"], video[0]["height"]) == (64, 64)
     assert not (tmp_path / "talking.render").exists(), "the render directory is removed after success"
     assert not list(tmp_path.glob("*.partial*"))
     print(f"tiny 9.8 s render, 2 steps: {elapsed:.1f} s")

@@ -119,11 +119,11 @@ class InputSpec:
     @property
     def is_file_combo(self) -> bool:
         """A combo of file names (inputs, models): its choices depend on the installation, so any name is
-        accepted. Upload combos, combos that were empty when captured, and combos whose choices all look like
-        file names count."""
+        accepted. Upload combos, combos that declare their `model_folder`, combos that were empty when captured,
+        and combos whose choices all look like file names count."""
         if self.type != "COMBO":
             return False
-        if any(self.options.get(f) for f in UPLOAD_FLAGS) or not self.choices:
+        if any(self.options.get(f) for f in UPLOAD_FLAGS) or self.options.get("model_folder") or not self.choices:
             return True
         return all(isinstance(c, str) and Path(c).suffix.lower() in FILE_EXTENSIONS for c in self.choices)
 

@@ -12,15 +12,44 @@ Two behaviours that diffusers' CogVideoX processor does not have (hallo3_spec.md
 
 from __future__ import annotations
 
+import contextlib
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 
+AttentionFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+_attention_function: AttentionFunction | None = None  # e.g. ComfyUI's optimized attention, set by the nodes
+_sdpa_backend = "auto"
+
+
+def set_attention(backend: str = "auto", function: AttentionFunction | None = None) -> None:
+    """Pick PyTorch's SDPA kernel (all exact up to float rounding; `auto` lets PyTorch choose) or a replacement
+    function `(q, k, v) -> out` on (b, heads, len, d) tensors, such as ComfyUI's optimized attention."""
+    global _attention_function, _sdpa_backend
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}")
+    _sdpa_backend, _attention_function = backend, function
+
+
+def _sdpa_context():
+    if _sdpa_backend == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[_sdpa_backend])
+
 
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """(b, heads, q, d) x (b, heads, k, d) -> (b, heads, q, d); scale 1/sqrt(d), no mask."""
-    return F.scaled_dot_product_attention(query, key, value)
+    if _attention_function is not None:
+        return _attention_function(query, key, value)
+    with _sdpa_context():
+        return F.scaled_dot_product_attention(query, key, value)
 
 
 def _heads(attn: Attention, states: torch.Tensor) -> torch.Tensor:

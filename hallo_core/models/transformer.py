@@ -12,6 +12,9 @@ Parameter names follow diffusers' `CogVideoXTransformer3DModel` plus `norm_face`
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING
+
 import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -23,6 +26,9 @@ from .attention import FrameCrossAttnProcessor, ReferenceJointAttnProcessor, ref
 from .config import Hallo3Config
 from .embeddings import VideoPatchEmbedding, video_rotary_table
 from .projections import AudioProjection, FaceProjection
+
+if TYPE_CHECKING:
+    from ..step_cache import StepCache
 
 ReferenceKV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -130,7 +136,12 @@ class Hallo3Transformer(nn.Module):
 
     def reference_key_values(self, reference_tokens: list[torch.Tensor]) -> ReferenceKV:
         """Per-layer keys and values of the reference network's captured tokens; computed once per video."""
-        return [block.reference_key_value(tokens) for block, tokens in zip(self.transformer_blocks, reference_tokens)]
+        values = []
+        for index, (block, tokens) in enumerate(zip(self.transformer_blocks, reference_tokens)):
+            streamer = getattr(self, "block_streamer", None)  # blocks streamed from host memory (low preset)
+            with streamer.resident(index) if streamer is not None else contextlib.nullcontext():
+                values.append(block.reference_key_value(tokens))
+        return values
 
     def encode_audio(self, audio_windows: torch.Tensor) -> torch.Tensor:
         """(b, 49, 5, layers, width) wav2vec windows -> (b, 13, 32, 768) audio tokens; once per clip."""
@@ -148,6 +159,7 @@ class Hallo3Transformer(nn.Module):
         audio_tokens: torch.Tensor,
         face_tokens: torch.Tensor,
         reference_kv: ReferenceKV | None,
+        step_cache: StepCache | None = None,
     ) -> torch.Tensor:
         """latents (b, t, 32, h, w) = [noisy; condition] channels -> v prediction (b, t, 16, h, w)."""
         batch, frames, _, height, width = latents.shape
@@ -167,9 +179,17 @@ class Hallo3Transformer(nn.Module):
         face_tokens = face_tokens.to(dtype)
 
         for index, block in enumerate(self.transformer_blocks):
+            if index == 1 and step_cache is not None:
+                cached = step_cache.lookup(hidden, text)  # optional, off by default (step_cache.py)
+                if cached is not None:
+                    hidden, text = cached
+                    break
             hidden, text = block(hidden, text, temb, rotary, frame_rotary,
                                  reference_kv[index] if reference_kv is not None else None,
                                  face_tokens, audio_tokens)
+        else:
+            if step_cache is not None:
+                step_cache.store(hidden, text)
 
         hidden = self.norm_final(hidden)
         hidden = self.proj_out(self.norm_out(hidden, temb=temb))

@@ -1,0 +1,264 @@
+"""`bench`: speed and memory of the Hallo3 engine, at full size (GPU) or tiny size (CPU), with random weights.
+
+Measured in one run, on whatever device it runs:
+* seconds per denoising step (one batched [uncond, cond] transformer call), per 49-frame clip (50 steps, VAE encode
+  of the condition and decode of 13 latent frames) and per output second (a clip adds 47 frames = 1.88 s);
+* the share of a clip spent outside the transformer;
+* peak GPU memory of the denoising and VAE phases (CUDA only);
+* model load time and peak host memory growth while loading the transformer from safetensors;
+* speed options against the default, side by side, as ratios, with their deviation from the default output:
+  fp8 weight storage, step caching, 25 instead of 50 steps.
+A JSON record is written and a row appended to docs/benchmarks.md with the command that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import torch
+
+from .denoiser import GuidedDenoiser, build_clip_conditioning
+from .models.config import Hallo3Config
+from .models.transformer import Hallo3Transformer
+from .safetensors_writer import write_safetensors
+from .sampling import generator_noise, sample_vp_dpmpp_2m, sat_schedule
+from .step_cache import StepCache
+from .tiny_transformer import tiny_config
+from .transformer_checkpoint import CONFIG_KEY, FORMAT_KEY, FORMATS, fp8_storage, load_transformer
+from .weight_casting import enable_weight_casting
+
+NEW_SECONDS_PER_CLIP = 47 / 25
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _random_model(config: Hallo3Config, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Hallo3Transformer:
+    """Random weights (LayerNorm scales ~1, the rest N(0, 0.02)) made directly on the device."""
+    with torch.device("meta"):
+        model = Hallo3Transformer(config).to(dtype)
+    model = model.to_empty(device=device)
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1 and name.endswith("weight"):
+                param.fill_(1.0)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator, device=device, dtype=torch.float32) * 0.02)
+    return model.eval()
+
+
+def _conditioning(model: Hallo3Transformer, device: torch.device, dtype: torch.dtype, seed: int = 1):
+    config = model.config
+    generator = torch.Generator(device).manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=generator, device=device)  # noqa: E731
+    frames = 1 + 4 * (config.latent_frames - 1)
+    window = (5, config.audio_input_dim // 5)
+    condition = rand(1, config.latent_frames, config.out_channels, config.latent_height, config.latent_width)
+    reference = [rand(1, config.tokens_per_frame, config.hidden_size).to(dtype) for _ in range(config.num_layers)]
+    with torch.no_grad():
+        kv = model.reference_key_values(reference)
+        return build_clip_conditioning(model, condition, rand(1, config.text_length, config.text_embed_dim).to(dtype),
+                                       rand(1, frames, *window).to(dtype), rand(1, 512), kv)
+
+
+def _time_steps(denoiser: GuidedDenoiser, x: torch.Tensor, steps: int, device: torch.device) -> list[float]:
+    times = []
+    denoiser(x, 0)  # warm-up
+    for step in range(steps):
+        _sync(device)
+        started = time.perf_counter()
+        denoiser(x, step % denoiser.schedule.num_steps)
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def _sample(model, conditioning, steps: int, seed: int, cache: float = 0.0) -> torch.Tensor:
+    config = model.config
+    device = next(model.parameters()).device
+    schedule = sat_schedule(steps)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    shape = (1, config.latent_frames, config.out_channels, config.latent_height, config.latent_width)
+    x = torch.randn(shape, generator=generator).to(device)
+    denoiser = GuidedDenoiser(model, conditioning, schedule, step_cache=StepCache(cache) if cache else None)
+    return sample_vp_dpmpp_2m(denoiser, x, schedule, generator_noise(generator))
+
+
+def _deviation(reference: torch.Tensor, other: torch.Tensor) -> dict:
+    difference = (other.float() - reference.float())
+    mse = float(difference.square().mean())
+    peak = float(reference.float().abs().max())
+    return {"max_abs": float(difference.abs().max()), "mean_abs": float(difference.abs().mean()),
+            "psnr_db": float(10 * torch.log10(torch.tensor(4 * peak**2 / max(mse, 1e-20))))}
+
+
+def _vae_times(device: torch.device, dtype: torch.dtype, size: str, config: Hallo3Config) -> dict:
+    from diffusers import AutoencoderKLCogVideoX
+
+    from .models.vae import CogVideoXVAE
+    from .vae_checkpoint import TINY_BLOCK_OUT_CHANNELS
+
+    if size == "full":
+        vae = AutoencoderKLCogVideoX()  # diffusers' defaults are the CogVideoX-5B VAE's sizes
+    else:
+        vae = AutoencoderKLCogVideoX(block_out_channels=TINY_BLOCK_OUT_CHANNELS, layers_per_block=1,
+                                     norm_num_groups=min(TINY_BLOCK_OUT_CHANNELS),
+                                     down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                     up_block_types=("CogVideoXUpBlock3D",) * 4)
+    wrapper = CogVideoXVAE(vae.to(device=device, dtype=dtype).eval())
+    height, width = config.pixel_size
+    generator = torch.Generator("cpu").manual_seed(0)
+    pixels = torch.rand(1, 3, 3, height, width, generator=generator) * 2 - 1
+    latents = torch.randn(1, 16, config.latent_frames, config.latent_height, config.latent_width, generator=generator)
+    result = {}
+    for name, run in (("encode_s", lambda: wrapper.encode(pixels, torch.Generator().manual_seed(0))),
+                      ("decode_s", lambda: wrapper.decode(latents))):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        started = time.perf_counter()
+        run()
+        _sync(device)
+        result[name] = time.perf_counter() - started
+        if device.type == "cuda":
+            result[name.replace("_s", "_peak_gpu_mb")] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def _load_measurement(model: Hallo3Transformer, dtype: torch.dtype) -> dict:
+    """Write the model to safetensors, then time loading it in a fresh thread while sampling host memory."""
+    import psutil
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "hallo3_transformer.safetensors")
+        state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+        write_safetensors(path, [(k, tuple(v.shape), v.dtype, (lambda v=v: v)) for k, v in state.items()],
+                          {FORMAT_KEY: FORMATS["main"], CONFIG_KEY: model.config.to_json()})
+        size = sum(v.numel() * v.element_size() for v in state.values())
+        del state
+        process = psutil.Process()
+        baseline = peak = process.memory_info().rss
+        done = threading.Event()
+
+        def sample():
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, process.memory_info().rss)
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.perf_counter()
+        loaded = load_transformer(path, dtype=dtype, device="cpu")
+        seconds = time.perf_counter() - started
+        done.set()
+        sampler.join()
+        del loaded
+    return {"load_s": seconds, "weights_mb": size / 2**20, "load_peak_host_growth_mb": (peak - baseline) / 2**20}
+
+
+def run_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None, steps: int = 5,
+                  quality_steps: int = 8) -> dict:
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    config = Hallo3Config() if size == "full" else tiny_config(32, 5 * 12 * 32)
+    record = {"size": size, "device": _device_name(device), "dtype": str(dtype).replace("torch.", ""),
+              "torch": torch.__version__, "steps_timed": steps}
+
+    model = _random_model(config, device, dtype)
+    conditioning = _conditioning(model, device, dtype)
+    shape = (1, config.latent_frames, config.out_channels, config.latent_height, config.latent_width)
+    x = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(2)).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step_times = _time_steps(GuidedDenoiser(model, conditioning, sat_schedule(50)), x, steps, device)
+    record["step_s"] = statistics.median(step_times)
+    if device.type == "cuda":
+        record["denoise_peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    record.update(_vae_times(device, dtype, size, config))
+    clip = 50 * record["step_s"] + record["encode_s"] + record["decode_s"]
+    record.update(clip_s=clip, per_output_second_s=clip / NEW_SECONDS_PER_CLIP,
+                  outside_transformer_share=(record["encode_s"] + record["decode_s"]) / clip)
+
+    # Speed options, side by side with the default, as ratios and deviations of the sampled latents.
+    options = {}
+    default = _sample(model, conditioning, quality_steps, seed=3)
+    cached_times = _time_cached(model, conditioning, quality_steps, device)
+    options["step_cache_0.05"] = {"speed_ratio": cached_times["default"] / cached_times["cached"],
+                                  **_deviation(default, _sample(model, conditioning, quality_steps, 3, cache=0.05))}
+    half = max(1, quality_steps // 2)
+    options[f"steps_{half}_vs_{quality_steps}"] = {"speed_ratio": quality_steps / half,
+                                                   **_deviation(default, _sample(model, conditioning, half, 3))}
+    fp8 = _random_model(config, device, dtype)
+    storage = fp8_storage(dtype)
+    with torch.no_grad():
+        for name, param in fp8.named_parameters():
+            if storage(name, tuple(param.shape)) == torch.float8_e4m3fn:
+                param.data = param.data.to(torch.float8_e4m3fn)
+    enable_weight_casting(fp8)
+    fp8_times = _time_steps(GuidedDenoiser(fp8, conditioning, sat_schedule(50)), x, steps, device)
+    options["fp8_storage"] = {"speed_ratio": record["step_s"] / statistics.median(fp8_times),
+                              "weights_ratio": _weight_bytes(fp8) / _weight_bytes(model),
+                              **_deviation(default, _sample(fp8, conditioning, quality_steps, 3))}
+    record["options"] = options
+    del fp8
+    if size == "tiny" or os.environ.get("HALLO_BENCH_LOAD") == "1":
+        record.update(_load_measurement(model, dtype))
+    return record
+
+
+def _time_cached(model, conditioning, steps: int, device: torch.device) -> dict:
+    times = {}
+    for name, cache in (("default", 0.0), ("cached", 0.05)):
+        _sync(device)
+        started = time.perf_counter()
+        _sample(model, conditioning, steps, seed=3, cache=cache)
+        _sync(device)
+        times[name] = time.perf_counter() - started
+    return times
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} ({torch.get_num_threads()} threads)"
+
+
+def benchmark_row(record: dict, command: str) -> str:
+    options = "; ".join(
+        f"{name}: x{o['speed_ratio']:.2f} speed, PSNR {o['psnr_db']:.1f} dB" for name, o in record["options"].items())
+    gpu = f"{record['denoise_peak_gpu_mb']:.0f}" if "denoise_peak_gpu_mb" in record else "-"
+    load = f"{record['load_s']:.2f} s, +{record['load_peak_host_growth_mb']:.0f} MB for {record['weights_mb']:.0f} MB" \
+        if "load_s" in record else "-"
+    return (f"| {datetime.date.today()} | `{command}` | {record['device']} | {record['size']} {record['dtype']} | "
+            f"{record['step_s']:.3f} | {record['clip_s']:.1f} | {record['per_output_second_s']:.1f} | "
+            f"{record['outside_transformer_share']:.1%} | {gpu} | {load} | {options} |")
+
+
+def main(args) -> int:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
+    record = run_benchmark(args.size, args.device, dtype, args.steps)
+    command = "python -m hallo_core bench " + " ".join(sys.argv[2:])
+    record["command"] = command
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=1)
+    print(json.dumps(record, indent=1))
+    if args.docs:
+        with open(args.docs, "a") as f:
+            f.write(benchmark_row(record, command) + "\n")
+    return 0

@@ -1,0 +1,132 @@
+"""VQTemporalUpscale4K: Hallo2's temporal VQ face restorer + background upsampling + paste-back, up to 4K.
+
+IMAGE in, IMAGE out for short clips; for long videos connect a VIDEO (e.g. DiTDenoise's) and use the VIDEO output:
+frames stream from file to file with the audio, so memory stays at one 16-frame window whatever the length.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from fractions import Fraction
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+import psutil
+import torch
+from comfy_api.latest import InputImpl, io
+
+from ..hallo_core.errors import InputError, ModelFileError
+from ..hallo_core.upscaler.background import BackgroundUpscaler
+from ..hallo_core.upscaler.face_alignment import ScrfdFaceDetector
+from ..hallo_core.upscaler.face_parsing import load_parsenet
+from ..hallo_core.upscaler.video import UpscaleSettings, VideoFaceUpscaler, image_output_bytes, output_size
+from ..hallo_core.upscaler.video_io import read_video_frames, video_frame_rate, write_video
+from ..hallo_core.upscaler.weights import load_temporal_codeformer
+from . import model_folders as folders
+from .dit_denoise import IMAGE_MEMORY_SHARE, _output_connected
+from .hallo_types import CATEGORY, HalloModelType
+from .load_hallo_model import model_combo
+
+TARGETS = ["scale", "1080p (long side 1920)", "4K (long side 3840)", "long side 4096"]
+_LONG_SIDE = {"1080p (long side 1920)": 1920, "4K (long side 3840)": 3840, "long side 4096": 4096}
+
+
+class HalloVQTemporalUpscale4K(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HalloVQTemporalUpscale4K",
+            display_name="VQTemporalUpscale4K",
+            category=CATEGORY,
+            description="Restores the face consistently across frames with Hallo2's temporal VQ network (16-frame "
+                        "windows), upsamples the background (an UPSCALE_MODEL such as RealESRGAN_x2plus, else "
+                        "Lanczos) and pastes the face back. Keeps every frame (the official script drops the last).",
+            inputs=[
+                HalloModelType.Input("model", tooltip="LoadHalloModel with an upscaler file selected"),
+                io.Image.Input("images", optional=True, tooltip="frames to upscale (short clips)"),
+                io.Video.Input("video", optional=True, tooltip="a video to upscale file to file (long videos)"),
+                io.UpscaleModel.Input("upscale_model", optional=True,
+                                      tooltip="background upsampler (RealESRGAN_x2plus, as official); "
+                                              "without it the background is Lanczos-resized"),
+                model_combo("parsing_model", "upscale_models", [folders.NONE] + folders.files(
+                    "upscale_models", contains=("parsing",)),
+                    "parsing_parsenet.pth for the official soft face mask; none: a feathered box"),
+                io.Combo.Input("target", options=TARGETS, default="scale"),
+                io.Float.Input("scale", default=4.0, min=1.0, max=8.0, step=0.5,
+                               tooltip="with target 'scale': 4 turns 480x720 into 1920x2880"),
+                io.Float.Input("fidelity_weight", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="0: codebook only (cleanest), 1: closest to the input (official default 0.5)"),
+            ],
+            outputs=[io.Image.Output(display_name="images"), io.Video.Output(display_name="video")],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
+        )
+
+    @classmethod
+    def validate_inputs(cls, parsing_model, target):
+        if parsing_model != folders.NONE:
+            try:
+                folders.resolve_file("upscale_models", parsing_model)
+            except ModelFileError as error:
+                return str(error)
+        return True if target in TARGETS else f"target must be one of {TARGETS}"
+
+    @classmethod
+    def execute(cls, model, parsing_model, target, scale, fidelity_weight, images=None, video=None,
+                upscale_model=None) -> io.NodeOutput:
+        if (images is None) == (video is None):
+            raise InputError("connect either images (short clips) or a video (long videos) to VQTemporalUpscale4K")
+        if model.upscaler is None:
+            raise ModelFileError("no upscaler selected in LoadHalloModel: put Hallo2's net_g (hallo2/net_g.pth or a "
+                                 "converted .safetensors) in models/upscale_models and pick it as 'upscaler'")
+        device = mm.get_torch_device()
+        long_side = _LONG_SIDE.get(target)
+        settings = UpscaleSettings(scale=None if long_side else scale, target_long_side=long_side,
+                                   fidelity_weight=fidelity_weight)
+        network = load_temporal_codeformer(model.upscaler, device=device, dtype=torch.float32)
+        detector = ScrfdFaceDetector(os.path.join(model.files.face_models, "scrfd_10g_bnkps.onnx"))
+        parsenet = None if parsing_model == folders.NONE else load_parsenet(
+            folders.resolve_file("upscale_models", parsing_model), device=device)
+        if upscale_model is not None:
+            upscale_model.to(device)
+            background = BackgroundUpscaler.from_spandrel(upscale_model)
+        else:
+            background = BackgroundUpscaler.lanczos()
+        upscaler = VideoFaceUpscaler(network, detector, background, parsenet, settings, device)
+
+        if images is not None:
+            frames, height, width = list(images), images.shape[1], images.shape[2]
+            count = len(frames)
+        else:
+            source = video.get_stream_source()
+            width, height = video.get_dimensions()
+            count = None
+            frames = read_video_frames(source)
+        out_h, out_w, _ = output_size(height, width, settings.scale, settings.target_long_side)
+        want_images = images is not None and _output_connected(cls.hidden.prompt, cls.hidden.unique_id, 0)
+        if want_images:
+            needed = image_output_bytes(count, height, width, settings.scale, settings.target_long_side)
+            if needed > IMAGE_MEMORY_SHARE * psutil.virtual_memory().available:
+                raise InputError(f"{count} frames at {out_w}x{out_h} take {needed / 2**30:.1f} GB as an IMAGE, more "
+                                 "than the free memory allows; connect a VIDEO instead of images and use the 'video' "
+                                 "output, which streams to a file")
+
+        bar = comfy.utils.ProgressBar(count or 1, node_id=cls.hidden.unique_id)
+        kept = []
+
+        def stream():
+            for index, frame in enumerate(upscaler.stream(frames)):
+                mm.throw_exception_if_processing_interrupted()
+                bar.update_absolute(index + 1, max(count or index + 1, index + 1))
+                if want_images:
+                    kept.append(frame)
+                yield frame
+
+        folder = os.path.join(folder_paths.get_output_directory(), "hallo_renders", "upscaled")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"upscaled_{uuid.uuid4().hex[:12]}.mp4")
+        fps = video_frame_rate(source) if video is not None else Fraction(25)
+        write_video(stream(), path, fps, audio_from=source if video is not None else None)
+        result = torch.stack(kept).float().div(255) if kept else torch.zeros(1, out_h, out_w, 3)
+        return io.NodeOutput(result, InputImpl.VideoFromFile(path))

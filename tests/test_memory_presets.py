@@ -1,0 +1,114 @@
+"""Memory presets and speed options: what changes numbers and what must not (tiny models, CPU)."""
+
+import pytest
+import torch
+
+from conftest import cut_audio
+from hallo_core.block_streaming import BlockStreamer
+from hallo_core.generate import build_pipeline
+from hallo_core.model_files import ModelFiles
+from hallo_core.pipeline import RenderSettings
+from hallo_core.transformer_checkpoint import fp8_storage, load_transformer
+from hallo_core.weight_casting import CastingLinear, enable_weight_casting
+
+LARGE = {"transformer", "reference_net", "vae", "text_encoder"}
+
+
+@pytest.fixture(scope="module")
+def speech_file(portraits_dir, tmp_path_factory):
+    return cut_audio(portraits_dir / "0003.wav", 2.5, tmp_path_factory.mktemp("audio") / "speech.wav")
+
+
+def _render(tiny_models, portraits_dir, speech_file, residency, settings=RenderSettings(steps=2, seed=11)):
+    pipeline = build_pipeline(ModelFiles.from_pretrained_dir(tiny_models), device="cpu", residency=residency)
+    identity = pipeline.identity(str(portraits_dir / "0003.jpg"))
+    speech = pipeline.speech(str(speech_file), separate_vocals=False)
+    frames = torch.cat([clip.frames for clip in pipeline.render(identity, speech, "a woman", settings)])
+    return frames, pipeline.models
+
+
+def test_balanced_equals_full_and_keeps_one_large_model_resident(tiny_models, portraits_dir, speech_file):
+    full, full_models = _render(tiny_models, portraits_dir, speech_file, "full")
+    balanced, balanced_models = _render(tiny_models, portraits_dir, speech_file, "balanced")
+    assert torch.equal(full, balanced)
+    most_at_once = lambda models: max(len(resident & LARGE) for resident in models.residency_log)
+    assert most_at_once(full_models) >= 3  # full: models stay resident after their phase
+    assert {"transformer", "vae", "text_encoder"} <= full_models.resident
+    assert most_at_once(balanced_models) == 1  # balanced: one large model at a time
+    assert balanced_models.load_counts["transformer"] == 1 and balanced_models.load_counts["vae"] == 1
+
+
+def test_low_preset_stores_fp8_and_stays_close(tiny_models, portraits_dir, speech_file):
+    full, _ = _render(tiny_models, portraits_dir, speech_file, "full")
+    low, models = _render(tiny_models, portraits_dir, speech_file, "low")
+    with models.use("transformer") as transformer:
+        weight = transformer.transformer_blocks[0].ff.net[0].proj
+        assert weight.weight.dtype == torch.float8_e4m3fn and isinstance(weight, CastingLinear)
+    difference = (low - full).abs()
+    assert 0 < difference.max() < 0.5 and difference.mean() < 0.05  # fp8 weights change numbers a little
+
+
+def test_block_streaming_gives_the_same_output_as_resident_weights(tiny_models):
+    model = load_transformer(tiny_models, dtype=torch.float32)
+    config = model.config
+    torch.manual_seed(0)
+    latents = torch.randn(2, 3, config.in_channels, config.latent_height, config.latent_width)
+    text = torch.randn(2, config.text_length, config.text_embed_dim)
+    audio = model.encode_audio(torch.randn(2, 9, 5, 12, 32))
+    face = model.encode_face(torch.randn(2, 512))
+    reference = [torch.randn(1, config.tokens_per_frame, config.hidden_size) for _ in range(config.num_layers)]
+    with torch.no_grad():
+        kv = model.reference_key_values(reference)
+        resident = model(latents, torch.tensor([500.0, 500.0]), text, audio, face, kv)
+        streamer = BlockStreamer(model.transformer_blocks, "cpu")
+        model.block_streamer = streamer
+        streamed_kv = model.reference_key_values(reference)
+        streamed = model(latents, torch.tensor([500.0, 500.0]), text, audio, face, streamed_kv)
+    assert torch.equal(resident, streamed)
+    assert streamer.loads == 2 * config.num_layers  # each block copied in for the K/V pass and for the forward
+    assert not streamer.ready  # and dropped again after use
+
+
+def test_step_cache_skips_steps_and_changes_little(tiny_models, portraits_dir, speech_file):
+    exact, _ = _render(tiny_models, portraits_dir, speech_file, "full", RenderSettings(steps=8, seed=11))
+    cached, _ = _render(tiny_models, portraits_dir, speech_file, "full",
+                        RenderSettings(steps=8, seed=11, step_cache=0.5))
+    assert not torch.equal(exact, cached)
+    off, _ = _render(tiny_models, portraits_dir, speech_file, "full", RenderSettings(steps=8, seed=11, step_cache=0.0))
+    assert torch.equal(exact, off)
+
+
+def test_weight_casting_upcasts_fp8_layers_only():
+    layer = torch.nn.Linear(4, 3)
+    plain = torch.nn.Linear(4, 3)
+    layer.weight.data = layer.weight.data.to(torch.float8_e4m3fn)
+    model = torch.nn.Sequential(layer, plain)
+    assert enable_weight_casting(model) == 1
+    assert type(model[0]) is CastingLinear and type(model[1]) is torch.nn.Linear
+    x = torch.randn(2, 4)
+    assert torch.allclose(model[0](x), x @ layer.weight.float().T + layer.bias)
+    assert fp8_storage(torch.bfloat16)("transformer_blocks.0.ff.net.0.proj.weight", (8, 4)) == torch.float8_e4m3fn
+    assert fp8_storage(torch.bfloat16)("transformer_blocks.0.norm1.norm.weight", (8,)) == torch.bfloat16
+    assert fp8_storage(torch.bfloat16)("patch_embed.proj.weight", (8, 4, 2, 2)) == torch.bfloat16
+
+
+def test_separate_guidance_with_equal_scales_is_the_official_guidance(tiny_models, portraits_dir, speech_file):
+    from hallo_core.denoiser import SeparateGuidance
+
+    official, _ = _render(tiny_models, portraits_dir, speech_file, "full", RenderSettings(steps=3, seed=5))
+    equal, _ = _render(tiny_models, portraits_dir, speech_file, "full",
+                       RenderSettings(steps=3, seed=5, guidance=SeparateGuidance(3.5, 3.5)))
+    assert (official - equal).abs().max() < 1e-4  # u + s(t-u) + s(f-t) == u + s(f-u): only rounding differs
+    louder, _ = _render(tiny_models, portraits_dir, speech_file, "full",
+                        RenderSettings(steps=3, seed=5, guidance=SeparateGuidance(3.5, 6.0, reference=2.0)))
+    assert (official - louder).abs().max() > 1e-3
+
+
+def test_carry_latents_changes_the_continuation_only(tiny_models, portraits_dir, speech_file):
+    from hallo_core.motion import MotionOptions
+
+    official, _ = _render(tiny_models, portraits_dir, speech_file, "full", RenderSettings(steps=2, seed=9))
+    carried, _ = _render(tiny_models, portraits_dir, speech_file, "full",
+                         RenderSettings(steps=2, seed=9, motion=MotionOptions(carry_latents=True)))
+    assert torch.equal(official[:47], carried[:47])  # clip 0 starts from the portrait either way
+    assert not torch.equal(official[47:], carried[47:])
