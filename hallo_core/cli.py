@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
     bench.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"])
     bench.add_argument("--steps", type=int, default=5, help="timed denoising steps")
+    bench.add_argument("--layers", type=int, default=None, help="fewer layers than the size's (e.g. full width, 8)")
+    bench.add_argument("--load-only", action="store_true", help="only the load time and host memory measurement")
     bench.add_argument("--out", default="bench.json", help="JSON record")
     bench.add_argument("--docs", default=None, help="append a row to this markdown file (docs/benchmarks.md)")
     bench.set_defaults(run=lambda args: __import__("hallo_core.bench", fromlist=["main"]).main(args))

@@ -7,42 +7,18 @@ can reproduce is compared and its max abs difference reported.
 
 from __future__ import annotations
 
-import json
-import os
-
 import torch
-from safetensors import safe_open
 
 from .denoiser import ClipConditioning, GuidedDenoiser
-from .errors import InputError, ModelFileError
+from .golden_files import read_golden_description, read_golden_tensors
 from .sampling import apply_cfg, full_alpha_table, replayed_noise, sample_vp_dpmpp_2m, sat_schedule, v_to_x0
 from .transformer_checkpoint import TransformerWeights, load_reference_net, load_transformer
 
 TOLERANCE = 1e-4
 
 
-def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise InputError(f"golden description not found: {path}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc})") from None
-
-
-def _read_io(path: str) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise InputError(f"golden io file not found: {path}")
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as exc:
-        raise ModelFileError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
 def run_parity(weights: str, io_path: str, config_path: str, device: str = "cpu") -> dict:
-    description = _read_json(config_path)
+    description = read_golden_description(config_path)
     if description.get("model") == "hallo2_vq_upscaler":
         from .upscaler.parity import run_upscaler_parity
 
@@ -59,7 +35,7 @@ def _config_overrides(description: dict) -> dict:
 
 @torch.no_grad()
 def run_hallo3_parity(weights: str, io_path: str, description: dict, device: str = "cpu") -> dict:
-    io = {name: t.to(device) for name, t in _read_io(io_path).items()}
+    io = {name: t.to(device) for name, t in read_golden_tensors(io_path).items()}
     dtype = torch.float32
     config = TransformerWeights(weights, "main").config(**_config_overrides(description))
     model = load_transformer(weights, dtype=dtype, device=device, config=config)

@@ -13,7 +13,6 @@ Embeddings are cached by prompt, so each prompt is encoded once per session (a l
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 from collections import OrderedDict
@@ -22,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 
 from .errors import ModelFileError
+from .quiet_loading import quiet_transformers
 
 MAX_LENGTH = 226
 _WHERE = "download t5-v1_1-xxl (hallo3 pretrained_models/t5-v1_1-xxl/: config.json, *.safetensors, spiece.model)"
@@ -98,7 +98,7 @@ def load_text_encoder(model_dir: str | os.PathLike, *, device: str | torch.devic
         raise ModelFileError(f"no .safetensors weights in {model_dir}; {_WHERE}")
     dtype_kw = {"dtype": dtype} if int(transformers.__version__.split(".")[0]) >= 5 else {"torch_dtype": dtype}
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = T5Tokenizer.from_pretrained(model_dir, local_files_only=True, legacy=True)
             model, info = T5EncoderModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=True,
                                                          output_loading_info=True,
@@ -111,18 +111,3 @@ def load_text_encoder(model_dir: str | os.PathLike, *, device: str | torch.devic
         bad = missing[:3] or [str(k) for k in list(info["mismatched_keys"])[:3]]
         raise ModelFileError(f"{model_dir}: the weights do not match the T5 config (e.g. {', '.join(bad)}); {_WHERE}")
     return T5TextEncoder(model, tokenizer, device=device, dtype=dtype, max_length=max_length)
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()

@@ -1,14 +1,12 @@
 """`make-tiny-models` + `generate`: the whole real path on tiny random models (issue 4 acceptance)."""
 
 import math
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
-import pytest
 
 from conftest import cut_audio, python_env
 from hallo_core.audio.decode import decode_audio

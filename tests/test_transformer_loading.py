@@ -1,6 +1,5 @@
 """Loading the transformers from every supported layout gives the same model; `convert` round-trips."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -17,7 +17,6 @@ The model and its feature extractor are transformers' own; only the interpolatio
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from safetensors import SafetensorError
 import torch.nn.functional as F
 
 from ..errors import InputError, ModelFileError
+from ..quiet_loading import quiet_transformers
 from .decode import FPS, SAMPLE_RATE
 
 FRAMES_PER_CLIP = 49
@@ -229,7 +229,7 @@ def load_wav2vec(model_dir: str | os.PathLike, *, device: str | torch.device = "
     weights = os.path.join(model_dir, "model.safetensors")
     legacy = os.path.join(model_dir, "pytorch_model.bin")
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             config = Wav2Vec2Config.from_pretrained(model_dir, local_files_only=True)
             extractor = Wav2Vec2FeatureExtractor.from_pretrained(model_dir, local_files_only=True)
             if os.path.isfile(weights):
@@ -258,20 +258,3 @@ def load_wav2vec(model_dir: str | os.PathLike, *, device: str | torch.device = "
         raise ModelFileError(f"{model_dir}/preprocessor_config.json has do_normalize=false, but Hallo3's "
                              "wav2vec2-base-960h normalises its input; use the official preprocessor_config.json")
     return Wav2VecEncoder(model, extractor, device=device, dtype=dtype)
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """transformers prints a load report for the unused CTC head of wav2vec2-base-960h; keep the console clean."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()

@@ -11,36 +11,21 @@ Its input never changes during a video, so the pipeline runs it once per video (
 from __future__ import annotations
 
 import torch
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.models.normalization import AdaLayerNorm
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
 from torch import nn
 
 from .config import Hallo3Config
-from .embeddings import VideoPatchEmbedding, video_rotary_table
-from .transformer import cogvideox_block_kwargs
+from .transformer import CogVideoXBackbone, cogvideox_block_kwargs
 
 
-class IdentityReferenceNet(nn.Module):
+class IdentityReferenceNet(CogVideoXBackbone):
     def __init__(self, config: Hallo3Config):
-        super().__init__()
-        self.config = config
-        dim = config.hidden_size
-        self.patch_embed = VideoPatchEmbedding(config)
-        self.time_proj = Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embedding = TimestepEmbedding(dim, config.time_embed_dim, act_fn="silu")
+        super().__init__(config)
+        # Its last attention and MLP and its output layers only shape the (discarded) output; they are kept so
+        # official checkpoints load strictly and parity can check the output.
         self.transformer_blocks = nn.ModuleList(
             [CogVideoXBlock(**cogvideox_block_kwargs(config)) for _ in range(config.num_layers)]
         )
-        # The layers below only shape the (discarded) output; they are kept so official checkpoints load strictly.
-        self.norm_final = nn.LayerNorm(dim, eps=config.norm_eps)
-        self.norm_out = AdaLayerNorm(config.time_embed_dim, output_dim=2 * dim, norm_elementwise_affine=True,
-                                     norm_eps=config.final_norm_eps, chunk_dim=1)
-        self.proj_out = nn.Linear(dim, config.patch_size**2 * config.out_channels)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.proj_out.weight.dtype
 
     def forward(
         self, reference_latent: torch.Tensor, return_output: bool = False
@@ -49,18 +34,12 @@ class IdentityReferenceNet(nn.Module):
 
         With `return_output` also the network's own (unused) v prediction, for parity checks.
         """
-        dtype = self.dtype
-        batch, frames, _, height, width = reference_latent.shape
-        latents = torch.cat([reference_latent, reference_latent], dim=2).to(dtype)
-        timestep = torch.zeros(batch, device=latents.device)
+        batch = reference_latent.shape[0]
+        latents = torch.cat([reference_latent, reference_latent], dim=2)  # the image is its own condition
         text_states = torch.zeros(batch, self.config.text_length, self.config.text_embed_dim,
-                                  device=latents.device, dtype=dtype)
-
-        temb = self.time_embedding(self.time_proj(timestep).to(dtype))
-        states = self.patch_embed(text_states, latents)
-        text, hidden = states[:, : self.config.text_length], states[:, self.config.text_length:]
-        cos, sin = video_rotary_table(self.config, frames, device=latents.device)
-        rotary = (cos.to(dtype), sin.to(dtype))
+                                  device=latents.device, dtype=self.dtype)  # zero text, as official
+        timestep = torch.zeros(batch, device=latents.device)
+        text, hidden, temb, rotary = self.embed(text_states, latents, timestep)
 
         captured = []
         last = len(self.transformer_blocks) - 1
@@ -72,8 +51,4 @@ class IdentityReferenceNet(nn.Module):
             hidden, text = block(hidden, text, temb, image_rotary_emb=rotary)
         if not return_output:
             return captured
-
-        patch = self.config.patch_size
-        out = self.proj_out(self.norm_out(self.norm_final(hidden), temb=temb))
-        out = out.reshape(batch, frames, height // patch, width // patch, -1, patch, patch)
-        return captured, out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+        return captured, self.unpatchify(hidden, temb, latents.shape)

@@ -112,8 +112,9 @@ class Hallo3Block(CogVideoXBlock):
         return hidden_states, encoder_hidden_states
 
 
-class Hallo3Transformer(nn.Module):
-    """Predicts v for a 49-frame clip from noisy + condition latents, text, audio, face and reference tokens."""
+class CogVideoXBackbone(nn.Module):
+    """What the main transformer and the reference network share around their blocks: the patch/text/position
+    embedding and the timestep embedding on the way in, the final norms and the un-patchify on the way out."""
 
     def __init__(self, config: Hallo3Config):
         super().__init__()
@@ -122,17 +123,41 @@ class Hallo3Transformer(nn.Module):
         self.patch_embed = VideoPatchEmbedding(config)
         self.time_proj = Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(dim, config.time_embed_dim, act_fn="silu")
-        self.transformer_blocks = nn.ModuleList([Hallo3Block(config) for _ in range(config.num_layers)])
         self.norm_final = nn.LayerNorm(dim, eps=config.norm_eps)
         self.norm_out = AdaLayerNorm(config.time_embed_dim, output_dim=2 * dim, norm_elementwise_affine=True,
                                      norm_eps=config.final_norm_eps, chunk_dim=1)
         self.proj_out = nn.Linear(dim, config.patch_size**2 * config.out_channels)
-        self.audio_proj = AudioProjection(config)
-        self.face_proj = FaceProjection(config)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.proj_out.weight.dtype
+
+    def embed(self, text_states: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor):
+        """-> text tokens, video tokens, timestep embedding, RoPE (cos, sin) of the video tokens."""
+        dtype = self.dtype
+        temb = self.time_embedding(self.time_proj(timestep).to(dtype))
+        states = self.patch_embed(text_states.to(dtype), latents.to(dtype))
+        text_length = text_states.shape[1]
+        cos, sin = video_rotary_table(self.config, latents.shape[1], device=latents.device)
+        return states[:, :text_length], states[:, text_length:], temb, (cos.to(dtype), sin.to(dtype))
+
+    def unpatchify(self, hidden: torch.Tensor, temb: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Final norms and projection, then tokens -> (b, t, out_channels, h, w)."""
+        batch, frames, _, height, width = shape
+        patch = self.config.patch_size
+        hidden = self.proj_out(self.norm_out(self.norm_final(hidden), temb=temb))
+        hidden = hidden.reshape(batch, frames, height // patch, width // patch, -1, patch, patch)
+        return hidden.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+
+
+class Hallo3Transformer(CogVideoXBackbone):
+    """Predicts v for a 49-frame clip from noisy + condition latents, text, audio, face and reference tokens."""
+
+    def __init__(self, config: Hallo3Config):
+        super().__init__(config)
+        self.transformer_blocks = nn.ModuleList([Hallo3Block(config) for _ in range(config.num_layers)])
+        self.audio_proj = AudioProjection(config)
+        self.face_proj = FaceProjection(config)
 
     def reference_key_values(self, reference_tokens: list[torch.Tensor]) -> ReferenceKV:
         """Per-layer keys and values of the reference network's captured tokens; computed once per video."""
@@ -162,21 +187,11 @@ class Hallo3Transformer(nn.Module):
         step_cache: StepCache | None = None,
     ) -> torch.Tensor:
         """latents (b, t, 32, h, w) = [noisy; condition] channels -> v prediction (b, t, 16, h, w)."""
-        batch, frames, _, height, width = latents.shape
-        patch = self.config.patch_size
-        dtype = self.dtype
-
-        temb = self.time_embedding(self.time_proj(timestep).to(dtype))
-        states = self.patch_embed(text_states.to(dtype), latents.to(dtype))
-        text_length = text_states.shape[1]
-        text, hidden = states[:, :text_length], states[:, text_length:]
-
-        cos, sin = video_rotary_table(self.config, frames, device=latents.device)
-        rotary = (cos.to(dtype), sin.to(dtype))
-        tokens_per_frame = hidden.shape[1] // frames
-        frame_rotary = (rotary[0][:tokens_per_frame], rotary[1][:tokens_per_frame])
-        audio_tokens = audio_tokens.to(dtype).flatten(0, 1)  # (b t, m, c)
-        face_tokens = face_tokens.to(dtype)
+        text, hidden, temb, rotary = self.embed(text_states, latents, timestep)
+        tokens_per_frame = hidden.shape[1] // latents.shape[1]
+        frame_rotary = (rotary[0][:tokens_per_frame], rotary[1][:tokens_per_frame])  # frame 0's positions
+        audio_tokens = audio_tokens.to(self.dtype).flatten(0, 1)  # (b t, m, c)
+        face_tokens = face_tokens.to(self.dtype)
 
         for index, block in enumerate(self.transformer_blocks):
             if index == 1 and step_cache is not None:
@@ -190,8 +205,4 @@ class Hallo3Transformer(nn.Module):
         else:
             if step_cache is not None:
                 step_cache.store(hidden, text)
-
-        hidden = self.norm_final(hidden)
-        hidden = self.proj_out(self.norm_out(hidden, temb=temb))
-        hidden = hidden.reshape(batch, frames, height // patch, width // patch, -1, patch, patch)
-        return hidden.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+        return self.unpatchify(hidden, temb, latents.shape)

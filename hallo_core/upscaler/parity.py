@@ -36,13 +36,11 @@ code of a tie); `excluded_frames` per output key as [b, f] pairs; `frames_compar
 from __future__ import annotations
 
 import itertools
-import json
-import os
 
 import torch
-from safetensors import safe_open
 
-from ..errors import InputError, ModelFileError
+from ..errors import InputError
+from ..golden_files import read_golden_description, read_golden_tensors
 from ..models.temporal_codeformer import EncodedClip
 from .weights import load_temporal_codeformer
 
@@ -53,26 +51,10 @@ MAX_TIE_SEARCH = 4
 
 
 def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise InputError(f"golden description not found: {path}")
-    try:
-        with open(path) as f:
-            description = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc})") from None
+    description = read_golden_description(path)
     if description.get("model") != MODEL_NAME:
         raise InputError(f"{path}: 'model' is {description.get('model')!r}, expected {MODEL_NAME!r}")
     return description
-
-
-def _read_io(path: str) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise InputError(f"golden io file not found: {path}")
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as exc:
-        raise ModelFileError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def _output_key(io: dict, w) -> str:
@@ -122,7 +104,7 @@ def _search_tie_break(model, encoded: EncodedClip, index: int, codes: torch.Tens
 def run_upscaler_parity(weights_path: str, io_path: str, config_path: str, device: str = "cpu") -> dict:
     """Compare the network with an official-code golden; returns the report (see the module docstring)."""
     description = _read_json(config_path)
-    io = _read_io(io_path)
+    io = read_golden_tensors(io_path)
     if "inputs.x" not in io:
         raise InputError(f"{io_path}: no inputs.x tensor")
     model = load_temporal_codeformer(weights_path, config=description.get("config"), device=device,
