@@ -79,11 +79,14 @@ def _generate(args) -> int:
                                     reference=args.ref_cfg)
     settings = RenderSettings(steps=args.steps, cfg_scale=args.cfg, seed=args.seed, motion=motion,
                               step_cache=args.step_cache, guidance=guidance)
+    from .models.attention import set_attention
+
+    set_attention(args.attention)
     result = generate(
         image=args.image, audio=args.audio, out=args.out, models=args.models, prompt=args.prompt,
         settings=settings, device=args.device, dtype=_torch_dtype(args.dtype),
         separate_vocals=not args.no_vocal_separation, render_dir=args.render_dir, keep_render=args.keep_render,
-        residency=args.residency, progress=_ProgressBar(),
+        residency=args.residency, progress=_ProgressBar(), compile_blocks=args.compile,
     )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -155,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--audio-cfg", type=float, default=None, help="separate audio guidance scale (with --text-cfg)")
     gen.add_argument("--ref-cfg", type=float, default=None,
                      help="reference (identity) guidance scale: a fourth branch without the reference tokens (2x)")
+    gen.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient", "math"],
+                     help="PyTorch attention kernel (all exact; auto lets PyTorch choose)")
+    gen.add_argument("--compile", action="store_true", help="torch.compile each transformer block (GPU; slow start)")
     gen.add_argument("--step-cache", type=float, default=0.0,
                      help="first-block step cache threshold, e.g. 0.05 (faster, changes the result; 0 = off)")
     gen.add_argument("--render-dir", default=None, help="where finished clips are kept (default: OUT.render/)")

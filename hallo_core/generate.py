@@ -33,7 +33,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def build_pipeline(files: ModelFiles, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                   residency: str = "balanced") -> Hallo3Pipeline:
+                   residency: str = "balanced", compile_blocks: bool = False) -> Hallo3Pipeline:
     from .audio.vocal_separation import load_vocal_separator
     from .audio.wav2vec_features import load_wav2vec
     from .block_streaming import BlockStreamer
@@ -57,6 +57,8 @@ def build_pipeline(files: ModelFiles, device: str | torch.device = "cpu", dtype:
             enable_weight_casting(model)
         if stream:
             model.block_streamer = BlockStreamer(model.transformer_blocks, target)
+        if compile_blocks:
+            model.compile_blocks()
         return model
 
     def reference_net(target: torch.device):
@@ -124,6 +126,7 @@ def generate(
     progress: Callable[[ProgressEvent], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     pipeline: Hallo3Pipeline | None = None,
+    compile_blocks: bool = False,
 ) -> GenerateResult:
     # Cheap checks first: a bad file is reported before any model is loaded.
     original_audio = decode_audio(audio)
@@ -131,7 +134,7 @@ def generate(
     files = models if isinstance(models, ModelFiles) else ModelFiles.from_pretrained_dir(models)
     if separate_vocals:
         files.require_vocal_separator()
-    pipeline = pipeline or build_pipeline(files, device, dtype, residency)
+    pipeline = pipeline or build_pipeline(files, device, dtype, residency, compile_blocks)
     reporter = Reporter(progress, cancel)
 
     reporter(ProgressEvent("prepare", message="face and references"))

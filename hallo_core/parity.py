@@ -66,16 +66,20 @@ def run_hallo3_parity(weights: str, io_path: str, description: dict, device: str
     cfg_scale = float(description.get("cfg", {}).get("scale", 3.5))
     one_step = GuidedDenoiser(model, conditioning, sat_schedule(1), cfg_scale)
     x = io["inputs.x_noisy"].float()
-    v = one_step.velocity(x, int(io["inputs.timestep"].reshape(-1)[0]))
+    step = description.get("step", {})
+    timestep = int(io["inputs.timestep"].reshape(-1)[0]) if "inputs.timestep" in io else int(step["timestep"])
+    v = one_step.velocity(x, timestep)
     compare("intermediates.v_pred_batched", v)
     table = full_alpha_table().to(device)
-    alpha = io["inputs.alpha_cumprod_sqrt_t"].float().reshape(-1)[:1]
+    alpha = (io["inputs.alpha_cumprod_sqrt_t"].float().reshape(-1)[:1] if "inputs.alpha_cumprod_sqrt_t" in io
+             else torch.tensor([float(step["alpha_cumprod_sqrt_t"])], device=device))
     quantised = table[(alpha[None, :] - table[:, None]).abs().argmin(dim=0)].expand(2)
     compare("outputs.denoised_guided", apply_cfg(v_to_x0(v, torch.cat([x, x]), quantised), cfg_scale))
 
     if "sampler_run.x_init" in io:
-        steps = int(description.get("sampler_run_steps", 3))
         draws = [io[f"sampler_run.noise_draws.{i}"] for i in range(len(io)) if f"sampler_run.noise_draws.{i}" in io]
+        # The official sampler draws once at the first step and twice at each middle step.
+        steps = int(description.get("sampler_run_steps", (len(draws) + 3) // 2))
         schedule = sat_schedule(steps)
         denoiser = GuidedDenoiser(model, conditioning, schedule, cfg_scale)
         final = sample_vp_dpmpp_2m(denoiser, io["sampler_run.x_init"], schedule, replayed_noise(draws))

@@ -113,22 +113,18 @@ def make_tiny_comfyui_models(models_dir: str | os.PathLike, seed: int = 0) -> di
     import shutil
     import tempfile
 
-    import torch
-
     from .convert import convert_transformers
-    from .vae_checkpoint import load_vae_model, write_vae_safetensors
 
     models_dir = os.fspath(models_dir)
     target = {name: os.path.join(models_dir, relative) for name, relative in COMFYUI_FILES.items()}
     with tempfile.TemporaryDirectory() as official:
         make_tiny_models(official, seed=seed)
         os.makedirs(os.path.dirname(target["transformer"]), exist_ok=True)
-        main, reference = convert_transformers(official, os.path.dirname(target["transformer"]), "bf16")
+        os.makedirs(os.path.dirname(target["vae"]), exist_ok=True)
+        main, reference, vae = convert_transformers(official, os.path.dirname(target["transformer"]), "bf16")
         os.replace(main, target["transformer"])
         os.replace(reference, target["reference"])
-        os.makedirs(os.path.dirname(target["vae"]), exist_ok=True)
-        vae = load_vae_model(os.path.join(official, "cogvideox-5b-i2v-sat", "vae", "3d-vae.pt"), dtype=torch.float32)
-        write_vae_safetensors(vae, target["vae"], torch.bfloat16)
+        os.replace(vae, target["vae"])
         for name, source in (("text_encoder", "t5-v1_1-xxl"), ("wav2vec", "wav2vec/wav2vec2-base-960h"),
                              ("face_models", "face_analysis/models")):
             shutil.rmtree(target[name], ignore_errors=True)

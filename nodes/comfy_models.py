@@ -51,8 +51,9 @@ class ComfyModels:
     """The pipeline's `ModelProvider` inside ComfyUI: `use(name)` loads through ComfyUI's model management."""
 
     def __init__(self, loaders: dict[str, Callable[[torch.device], Any]], memory_required: dict[str, int],
-                 cast_weights: set[str] = frozenset()):
+                 cast_weights: set[str] = frozenset(), full_load: bool = False):
         self.loaders = loaders
+        self.full_load = full_load
         self.memory_required = memory_required
         self.cast_weights = cast_weights
         self.load_device = mm.get_torch_device()
@@ -76,7 +77,8 @@ class ComfyModels:
         obj = self._get(name)
         patcher = self._patchers.get(name)
         if patcher is not None:
-            mm.load_models_gpu([patcher], memory_required=self.memory_required.get(name, 0))
+            mm.load_models_gpu([patcher], memory_required=self.memory_required.get(name, 0),
+                               force_full_load=self.full_load)
             if not isinstance(obj, torch.nn.Module) and hasattr(obj, "device"):
                 obj.device = torch.device(self.load_device)  # wrappers place their inputs on this device
         yield obj
@@ -98,7 +100,7 @@ class HalloModel:
     """The value of a HALLO_MODEL: where the files are, the precision, and the pipeline that uses them."""
 
     def __init__(self, files, config, dtype: torch.dtype, memory: str, storage_fp8: bool,
-                 upscaler: str | None = None):
+                 upscaler: str | None = None, compile_blocks: bool = False):
         from ..hallo_core.audio.vocal_separation import load_vocal_separator
         from ..hallo_core.audio.wav2vec_features import load_wav2vec
         from ..hallo_core.face.identity import load_face_analyzer
@@ -115,9 +117,14 @@ class HalloModel:
         from ..hallo_core.transformer_checkpoint import fp8_storage
 
         storage = fp8_storage(dtype) if storage_fp8 else None
+        def main_transformer(device):
+            model = load_transformer(files.transformer, dtype=dtype, device=device, config=config, dtype_for=storage)
+            if compile_blocks:
+                model.compile_blocks()
+            return model
+
         loaders = {
-            "transformer": lambda d: load_transformer(files.transformer, dtype=dtype, device=d, config=config,
-                                                      dtype_for=storage),
+            "transformer": main_transformer,
             "reference_net": lambda d: load_reference_net(files.reference, dtype=dtype, device=d, config=config,
                                                           dtype_for=storage),
             "vae": lambda d: load_vae(files.vae, dtype=dtype, device=d),
@@ -134,5 +141,6 @@ class HalloModel:
             "vae": 3 * 49 * 128 * config.pixel_size[0] * config.pixel_size[1] * element,
         }
         self.models = ComfyModels(loaders, memory_required,
-                                  cast_weights={"transformer", "reference_net"} if storage_fp8 else set())
+                                  cast_weights={"transformer", "reference_net"} if storage_fp8 else set(),
+                                  full_load=memory == "full")
         self.pipeline = Hallo3Pipeline(self.models, config, dtype=dtype, device=mm.get_torch_device())

@@ -15,6 +15,7 @@ from .hallo_types import CATEGORY, HalloModelType
 
 PRECISIONS = ["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"]
 MEMORY = ["balanced", "full", "low"]
+ATTENTION = ["comfy", "sdpa", "flash", "cudnn", "efficient"]
 
 
 def _choices(extra: list[str], found: list[str]) -> list[str]:
@@ -69,13 +70,18 @@ class LoadHalloModel(io.ComfyNode):
                 io.Combo.Input("memory", options=MEMORY, default="balanced",
                                tooltip="balanced: ComfyUI loads each model only for its phase; full: keep them all "
                                        "on the GPU; low: fp8 storage and weights streamed to the GPU as needed"),
+                io.Combo.Input("attention", options=ATTENTION, default="comfy",
+                               tooltip="comfy: ComfyUI's optimized attention (follows --use-sage-attention etc.); "
+                                       "the others pick a PyTorch SDPA kernel; all compute the same attention"),
+                io.Boolean.Input("compile", default=False,
+                                 tooltip="torch.compile each transformer block: faster steps after a slow first one"),
             ],
             outputs=[HalloModelType.Output(display_name="model")],
         )
 
     @classmethod
     def validate_inputs(cls, official_models, transformer, reference, vae, text_encoder, audio_encoder, face_models,
-                        vocal_separator, upscaler, precision, memory):
+                        vocal_separator, upscaler, precision, memory, attention):
         """Refuse, when the prompt is queued, any name that is not a file or folder of the model folders."""
         special = {folders.OFFICIAL, folders.NONE}
         checks = [("hallo3", official_models, "folder"), ("diffusion_models", transformer, "file"),
@@ -94,13 +100,13 @@ class LoadHalloModel(io.ComfyNode):
                 folders.resolve_file(key, value) if kind == "file" else folders.resolve_folder(key, value)
             except ModelFileError as error:
                 return str(error)
-        if precision not in PRECISIONS or memory not in MEMORY:
-            return f"precision must be one of {PRECISIONS} and memory one of {MEMORY}"
+        if precision not in PRECISIONS or memory not in MEMORY or attention not in ATTENTION:
+            return f"precision must be one of {PRECISIONS}, memory one of {MEMORY}, attention one of {ATTENTION}"
         return True
 
     @classmethod
     def execute(cls, official_models, transformer, reference, vae, text_encoder, audio_encoder, face_models,
-                vocal_separator, upscaler, precision, memory) -> io.NodeOutput:
+                vocal_separator, upscaler, precision, memory, attention="comfy", compile=False) -> io.NodeOutput:
         root = None if official_models == folders.NONE else folders.resolve_official_root(official_models)
         official = ModelFiles.from_pretrained_dir(root) if root else None
 
@@ -131,4 +137,19 @@ class LoadHalloModel(io.ComfyNode):
             precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
         storage_fp8 = precision == "fp8_e4m3fn" or memory == "low"
         config = TransformerWeights(files.transformer, "main").config()
-        return io.NodeOutput(HalloModel(files, config, dtype, memory, storage_fp8, upscaler_path))
+        _select_attention(attention)
+        return io.NodeOutput(HalloModel(files, config, dtype, memory, storage_fp8, upscaler_path, compile))
+
+
+def _select_attention(choice: str) -> None:
+    from ..hallo_core.models.attention import set_attention
+
+    if choice != "comfy":
+        set_attention("auto" if choice == "sdpa" else choice)
+        return
+    from comfy.ldm.modules.attention import optimized_attention
+
+    def comfy_attention(query, key, value):  # (b, heads, len, d) in and out
+        return optimized_attention(query, key, value, query.shape[1], skip_reshape=True, skip_output_reshape=True)
+
+    set_attention(function=comfy_attention)

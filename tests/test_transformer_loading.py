@@ -64,14 +64,23 @@ def test_official_container_layout_loads_the_same_model(tmp_path, golden_weights
 
 
 def test_convert_round_trip(tmp_path, golden_weights, golden_io, reference_output):
+    from hallo_core.vae_checkpoint import load_vae_model, write_tiny_sat_vae
+
     root = _write_official_container(tmp_path / "pretrained_models", golden_weights)
+    (root / "cogvideox-5b-i2v-sat" / "vae").mkdir(parents=True)
+    write_tiny_sat_vae(root / "cogvideox-5b-i2v-sat" / "vae" / "3d-vae.pt")
     result = subprocess.run([sys.executable, "-m", "hallo_core", "convert", "--src", str(root), "--dst",
                              str(tmp_path / "out"), "--dtype", "fp32"], capture_output=True, text=True,
                             env=python_env(), timeout=300)
     assert result.returncode == 0, result.stderr
     main = tmp_path / "out" / "hallo3_transformer_fp32.safetensors"
     ref = tmp_path / "out" / "hallo3_reference_fp32.safetensors"
-    assert result.stdout.split() == [str(main), str(ref)]
+    vae = tmp_path / "out" / "cogvideox_5b_i2v_vae_fp32.safetensors"
+    assert result.stdout.split() == [str(main), str(ref), str(vae)]
+    official_vae = load_vae_model(root / "cogvideox-5b-i2v-sat" / "vae" / "3d-vae.pt", dtype=torch.float32)
+    converted_vae = load_vae_model(vae, dtype=torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(official_vae.state_dict().values(),
+                                                  converted_vae.state_dict().values()))
     with safe_open(main, "pt") as f:
         assert f.metadata()["hallo3.format"] == "hallo3-transformer"
         assert "transformer_blocks.0.attn_audio.to_k.weight" in f.keys()

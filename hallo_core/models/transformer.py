@@ -159,6 +159,11 @@ class Hallo3Transformer(CogVideoXBackbone):
         self.audio_proj = AudioProjection(config)
         self.face_proj = FaceProjection(config)
 
+    def compile_blocks(self, **options) -> None:
+        """Regional torch.compile: each block compiled on its own (one graph, reused 42 times; same maths)."""
+        for block in self.transformer_blocks:
+            block.compile(**options)
+
     def reference_key_values(self, reference_tokens: list[torch.Tensor]) -> ReferenceKV:
         """Per-layer keys and values of the reference network's captured tokens; computed once per video."""
         values = []
