@@ -10,6 +10,9 @@ initial noise, sampler noise) comes from its own CPU generator seeded with `clip
 latent's posterior sample from `reference_seed(seed)`. A clip's numbers therefore depend only on the base seed, its
 index, its inputs and the previous clip's frames, so a video rendered in segments, or resumed after a crash, equals
 one rendered in a single pass. Draws are made on the CPU, so results do not depend on the GPU's random generator.
+
+The audio of each clip is cut by `audio.clip_windows` with the same arithmetic; `clip_windows.num_clips` counts the
+clips of the official loop (padded audio), `ClipPlan.num_clips` the ones a video needs.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .audio.clip_windows import MOTION_FRAMES as OFFICIAL_MOTION_FRAMES
+from .audio.clip_windows import new_frames_per_clip
+
 FPS = 25
-OFFICIAL_MOTION_FRAMES = 2
 
 
 def _derived_seed(seed: int, stream: str) -> int:
@@ -57,12 +62,11 @@ class ClipPlan:
     motion_frames: int = OFFICIAL_MOTION_FRAMES
 
     def __post_init__(self):
-        if not 0 < self.motion_frames < self.frames_per_clip:
-            raise ValueError("motion frames must be between 1 and the clip length - 1")
+        new_frames_per_clip(self.frames_per_clip, self.motion_frames)  # validates the pair
 
     @property
     def new_frames_per_clip(self) -> int:
-        return self.frames_per_clip - self.motion_frames
+        return new_frames_per_clip(self.frames_per_clip, self.motion_frames)
 
     @property
     def num_clips(self) -> int:

@@ -50,7 +50,7 @@ def test_comfy_node_pack_ships_the_runtime_and_nothing_else(packed):
     for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "LICENSE", "README.md", "web/hallo.js",
                    "nodes/__init__.py", "nodes/dit_denoise.py", "hallo_core/pipeline.py",
                    "hallo_core/models/transformer.py", "workflows/hallo3_portrait_to_video.json",
-                   "workflows/hallo3_portrait_to_video_api.json", "workflows/run_api.py"):
+                   "workflows/api/hallo3_portrait_to_video.json", "workflows/run_api.py"):
         assert needed in names, needed
     assert not [n for n in names if n.startswith(("tests/", "bench/", ".ci/")) or "__pycache__" in n
                 or n.endswith((".pyc", ".zip")) or n == "requirements-dev.txt"]

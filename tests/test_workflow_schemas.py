@@ -1,5 +1,6 @@
 """Every shipped workflow references only our nodes and ComfyUI core nodes, with valid inputs, and each UI-format
-workflow `X.json` and its API-format twin `X_api.json` describe the same graph. Runs without ComfyUI (CI): the
+workflow `workflows/X.json` and its API-format twin `workflows/api/X.json` describe the same graph (the API files
+live in a sub-folder so that ComfyUI's template browser lists only the UI workflows). Runs without ComfyUI (CI): the
 node specs come from tests/fixtures/comfy_core_nodes.json and tests/fixtures/hallo_node_specs.json (capture both
 with tests/comfyui/extract_node_specs.py)."""
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 import workflow_validation as wv
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_DIRS = (REPO / "workflows", REPO / "example_workflows")
+WORKFLOW_DIRS = (REPO / "workflows", REPO / "workflows" / "api")
 OUR_SPECS = Path(__file__).resolve().parent / "fixtures" / "hallo_node_specs.json"
 
 
@@ -40,7 +41,7 @@ def specs():
 
 
 def _twin(ui_key: str) -> str:
-    return ui_key[: -len(".json")] + "_api.json"
+    return "api/" + ui_key.split("/", 1)[1]
 
 
 @pytest.mark.parametrize("name", UI)
@@ -63,5 +64,5 @@ def test_ui_workflow_has_an_api_twin_describing_the_same_graph(specs, name):
 
 @pytest.mark.parametrize("name", API)
 def test_api_workflow_has_a_ui_twin(name):
-    assert name.endswith("_api.json") and name[: -len("_api.json")] + ".json" in FILES, \
-        f"{name}: API workflows are named <ui name>_api.json next to their UI twin"
+    assert name.startswith("api/") and "workflows/" + name.split("/", 1)[1] in FILES, \
+        f"{name}: API workflows are workflows/api/<name>.json, twins of workflows/<name>.json"

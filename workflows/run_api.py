@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run an API-format workflow on a running ComfyUI: upload inputs, submit, follow progress, download the results.
 
-    python workflows/run_api.py --server http://127.0.0.1:8188 --workflow workflows/NAME_api.json \\
+    python workflows/run_api.py --server http://127.0.0.1:8188 --workflow workflows/api/NAME.json \\
         [--set NODE_ID.input=VALUE ...] [--upload FILE | --upload NODE_ID.input=FILE ...] [--out downloads/]
 
 --set      changes one input of the workflow. The value keeps the type of the value it replaces (a string input stays a

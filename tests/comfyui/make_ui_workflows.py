@@ -2,7 +2,7 @@
 
     COMFYUI_PATH=/path/to/ComfyUI python tests/comfyui/make_ui_workflows.py
 
-For each workflows/<name>_api.json: start ComfyUI with the pack and tiny models, load the API graph in the real
+For each workflows/api/<name>.json: start ComfyUI with the pack and tiny models, load the API graph in the real
 frontend (headless Chromium, `app.loadApiJson`), let it arrange the nodes, and save `graph.serialize()` as
 workflows/<name>.json, adding model download hints (`properties.models`) where a public file exists. Widget order
 and values are the frontend's own, so the UI file loads exactly as a user's saved workflow would.
@@ -92,8 +92,8 @@ def main() -> None:
                                                                                   else "0001.wav")
             server.upload(source, name)
         harness.open_ui(browser, server.url)
-        for api_path in sorted(WORKFLOWS.glob("*_api.json")):
-            stem = api_path.name[: -len("_api.json")]
+        for api_path in sorted((WORKFLOWS / "api").glob("*.json")):
+            stem = api_path.stem
             api = json.loads(api_path.read_text())
             ui = browser.evaluate(
                 f"(async () => {{ await app.loadApiJson({json.dumps(api)}, {json.dumps(stem)}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def _video_frames(audio_path: Path) -> int:
 
 
 def _workflow(name: str, steps: int = 2) -> dict:
-    prompt = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
+    prompt = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
     for node in prompt.values():
         if node["class_type"] == "HalloDiTDenoise":
             node["inputs"]["steps"] = steps
@@ -77,6 +78,10 @@ def test_the_six_nodes_are_registered_with_their_inputs(hallo_server):
                                     "cfg", "seed"}
     assert set(dit["optional"]) == {"motion"}
     assert info["HalloDiTDenoise"]["output"] == ["IMAGE", "AUDIO", "VIDEO"]
+    templates = hallo_server.client.get_json("/workflow_templates") if hasattr(hallo_server.client, "get_json") \
+        else json.loads(urllib.request.urlopen(hallo_server.url + "/workflow_templates", timeout=30).read())
+    shipped = {p.stem for p in WORKFLOWS.glob("*.json")}
+    assert set(templates.get("hallo-nodes", [])) == shipped, templates  # the template browser: UI files only
     loader = info["LoadHalloModel"]["input"]["required"]
     assert "hallo3/hallo3_transformer_bf16.safetensors" in loader["transformer"][1]["options"]
     assert "t5-v1_1-xxl" in loader["text_encoder"][1]["options"]
