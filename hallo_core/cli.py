@@ -86,7 +86,7 @@ def _generate(args) -> int:
         image=args.image, audio=args.audio, out=args.out, models=args.models, prompt=args.prompt,
         settings=settings, device=args.device, dtype=_torch_dtype(args.dtype),
         separate_vocals=not args.no_vocal_separation, render_dir=args.render_dir, keep_render=args.keep_render,
-        residency=args.residency, progress=_ProgressBar(), compile_blocks=args.compile,
+        residency=args.residency, progress=_ProgressBar(), compile_blocks=args.compile, fp8_matmul=args.fp8_matmul,
     )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient", "math"],
                      help="PyTorch attention kernel (all exact; auto lets PyTorch choose)")
     gen.add_argument("--compile", action="store_true", help="torch.compile each transformer block (GPU; slow start)")
+    gen.add_argument("--fp8-matmul", action="store_true",
+                     help="fp8 x fp8 matmuls in the transformer blocks (Hopper/Ada GPUs; changes the result)")
     gen.add_argument("--step-cache", type=float, default=0.0,
                      help="first-block step cache threshold, e.g. 0.05 (faster, changes the result; 0 = off)")
     gen.add_argument("--render-dir", default=None, help="where finished clips are kept (default: OUT.render/)")

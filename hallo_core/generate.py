@@ -33,7 +33,8 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def build_pipeline(files: ModelFiles, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                   residency: str = "balanced", compile_blocks: bool = False) -> Hallo3Pipeline:
+                   residency: str = "balanced", compile_blocks: bool = False,
+                   fp8_matmul: bool = False) -> Hallo3Pipeline:
     from .audio.vocal_separation import load_vocal_separator
     from .audio.wav2vec_features import load_wav2vec
     from .block_streaming import BlockStreamer
@@ -41,7 +42,7 @@ def build_pipeline(files: ModelFiles, device: str | torch.device = "cpu", dtype:
     from .text_encoder import load_text_encoder
     from .transformer_checkpoint import fp8_storage, load_reference_net, load_transformer
     from .vae_checkpoint import load_vae
-    from .weight_casting import enable_weight_casting
+    from .weight_casting import enable_fp8_matmul, enable_weight_casting
 
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
@@ -55,6 +56,8 @@ def build_pipeline(files: ModelFiles, device: str | torch.device = "cpu", dtype:
                                  dtype_for=storage)
         if low:
             enable_weight_casting(model)
+        if fp8_matmul:
+            enable_fp8_matmul(model)
         if stream:
             model.block_streamer = BlockStreamer(model.transformer_blocks, target)
         if compile_blocks:
@@ -127,6 +130,7 @@ def generate(
     cancel: Callable[[], bool] | None = None,
     pipeline: Hallo3Pipeline | None = None,
     compile_blocks: bool = False,
+    fp8_matmul: bool = False,
 ) -> GenerateResult:
     # Cheap checks first: a bad file is reported before any model is loaded.
     original_audio = decode_audio(audio)
@@ -134,7 +138,7 @@ def generate(
     files = models if isinstance(models, ModelFiles) else ModelFiles.from_pretrained_dir(models)
     if separate_vocals:
         files.require_vocal_separator()
-    pipeline = pipeline or build_pipeline(files, device, dtype, residency, compile_blocks)
+    pipeline = pipeline or build_pipeline(files, device, dtype, residency, compile_blocks, fp8_matmul)
     reporter = Reporter(progress, cancel)
 
     reporter(ProgressEvent("prepare", message="face and references"))

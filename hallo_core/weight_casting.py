@@ -3,7 +3,7 @@
 A layer whose weight is stored in float8_e4m3fn (half the memory of bf16) upcasts it to the activations' dtype
 for each matmul; the numbers are those of the fp8-rounded weights. This is the "low" memory preset's storage on the
 command line; inside ComfyUI the same job is done by `comfy.ops.manual_cast`. (Native fp8 matmul, which would also be
-faster, needs a Hopper/Ada GPU and per-tensor scales; it is not implemented.)
+faster on Hopper/Ada GPUs, is `enable_fp8_matmul` below: an explicit option that also rounds the activations.)
 """
 
 from __future__ import annotations
@@ -36,4 +36,42 @@ def enable_weight_casting(model: nn.Module) -> int:
         if casting is not None and module.weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
             module.__class__ = casting
             changed += 1
+    return changed
+
+
+FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
+
+
+class Fp8MatmulLinear(nn.Linear):
+    """fp8 x fp8 matmul with per-tensor scales (`torch._scaled_mm`): the weight is stored once as
+    float8_e4m3fn / scale, the activations are quantised per call. Faster on GPUs with fp8 tensor cores (Hopper,
+    Ada); changes the numbers more than fp8 storage alone, since the activations are rounded too."""
+
+    weight_scale: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        scale = rows.abs().amax().float().clamp_min(1e-12) / FP8_MAX
+        quantised = (rows.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        out = torch._scaled_mm(quantised, self.weight.t(), scale_a=scale, scale_b=self.weight_scale,
+                               bias=bias, out_dtype=x.dtype)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def enable_fp8_matmul(model: nn.Module, prefix: str = "transformer_blocks.") -> int:
+    """Switch the Linear layers under `prefix` whose sizes suit fp8 kernels (multiples of 16) to fp8 matmul."""
+    changed = 0
+    for name, module in model.named_modules():
+        if not name.startswith(prefix) or type(module) not in (nn.Linear, CastingLinear):
+            continue
+        out_features, in_features = module.weight.shape
+        if in_features % 16 or out_features % 16:
+            continue
+        weight = module.weight.detach().float()
+        scale = weight.abs().amax().clamp_min(1e-12) / FP8_MAX
+        module.weight = nn.Parameter((weight / scale).to(torch.float8_e4m3fn), requires_grad=False)
+        module.register_buffer("weight_scale", scale.reshape(()).to(weight.device), persistent=False)
+        module.__class__ = Fp8MatmulLinear
+        changed += 1
     return changed

@@ -112,3 +112,19 @@ def test_carry_latents_changes_the_continuation_only(tiny_models, portraits_dir,
                          RenderSettings(steps=2, seed=9, motion=MotionOptions(carry_latents=True)))
     assert torch.equal(official[:47], carried[:47])  # clip 0 starts from the portrait either way
     assert not torch.equal(official[47:], carried[47:])
+
+
+def test_fp8_matmul_stays_close_to_the_exact_layer():
+    from hallo_core.weight_casting import Fp8MatmulLinear, enable_fp8_matmul
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(64, 48), torch.nn.Linear(10, 48)])
+    x = torch.randn(3, 7, 64)
+    exact = model.transformer_blocks[0](x)
+    assert enable_fp8_matmul(model) == 1  # 10 input features: not a multiple of 16, left exact
+    layer = model.transformer_blocks[0]
+    assert isinstance(layer, Fp8MatmulLinear) and layer.weight.dtype == torch.float8_e4m3fn
+    fast = layer(x)
+    relative = (fast - exact).abs().max() / exact.abs().max()
+    assert 0 < relative < 0.1
