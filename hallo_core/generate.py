@@ -19,6 +19,7 @@ import torch
 from .audio.decode import decode_audio
 from .face.reference_image import crop_output_frames, load_image
 from .model_files import ModelFiles
+from .model_loaders import model_loaders
 from .model_residency import LocalModels
 from .pipeline import Hallo3Pipeline, RenderSettings
 from .progress import ProgressEvent, Reporter
@@ -35,50 +36,12 @@ def default_dtype(device: torch.device) -> torch.dtype:
 def build_pipeline(files: ModelFiles, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                    residency: str = "balanced", compile_blocks: bool = False,
                    fp8_matmul: bool = False) -> Hallo3Pipeline:
-    from .audio.vocal_separation import load_vocal_separator
-    from .audio.wav2vec_features import load_wav2vec
-    from .block_streaming import BlockStreamer
-    from .face.identity import load_face_analyzer
-    from .text_encoder import load_text_encoder
-    from .transformer_checkpoint import fp8_storage, load_reference_net, load_transformer
-    from .vae_checkpoint import load_vae
-    from .weight_casting import enable_fp8_matmul, enable_weight_casting
-
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     config = TransformerWeights(files.transformer, "main").config()
     low = residency == "low"
-    storage = fp8_storage(dtype) if low else None
-
-    def main_transformer(target: torch.device):
-        stream = low and target.type == "cuda"
-        model = load_transformer(files.transformer, dtype=dtype, device="cpu" if stream else target, config=config,
-                                 dtype_for=storage)
-        if low:
-            enable_weight_casting(model)
-        if fp8_matmul:
-            enable_fp8_matmul(model)
-        if stream:
-            model.block_streamer = BlockStreamer(model.transformer_blocks, target)
-        if compile_blocks:
-            model.compile_blocks()
-        return model
-
-    def reference_net(target: torch.device):
-        model = load_reference_net(files.reference, dtype=dtype, device=target, config=config, dtype_for=storage)
-        if low:
-            enable_weight_casting(model)
-        return model
-
-    loaders = {
-        "transformer": main_transformer,
-        "reference_net": reference_net,
-        "vae": lambda d: load_vae(files.vae, dtype=dtype, device=d),
-        "text_encoder": lambda d: load_text_encoder(files.text_encoder, device=d, dtype=dtype),
-        "wav2vec": lambda d: load_wav2vec(files.wav2vec, device=d),
-        "face": lambda d: load_face_analyzer(files.face_models, device=d),
-        "separator": lambda d: load_vocal_separator(files.require_vocal_separator(), device=d),
-    }
+    loaders = model_loaders(files, config, dtype, fp8_storage=low, stream_blocks=low, compile_blocks=compile_blocks,
+                            fp8_matmul=fp8_matmul)
     return Hallo3Pipeline(LocalModels(loaders, device, residency), config, dtype=dtype, device=device)
 
 

@@ -228,6 +228,13 @@ def fp8_storage(compute_dtype: torch.dtype) -> Callable[[str, tuple[int, ...]], 
     return dtype_for
 
 
+def container_carries(path, prefix: str) -> bool:
+    """Whether an official container (or SAT-named safetensors) holds tensors under `prefix`, e.g. the VAE's
+    `first_stage_model.`: the official loader lets such tensors override the separately loaded files."""
+    state = TransformerWeights(path, "main").state
+    return any(name.startswith(prefix) for name in state)
+
+
 def load_transformer(path, dtype=torch.bfloat16, device="cpu", config: Hallo3Config | None = None,
                      dtype_for=None) -> Hallo3Transformer:
     """The main transformer in `dtype` (or per-tensor `dtype_for`, e.g. `fp8_storage(dtype)`) on `device`."""

@@ -101,39 +101,17 @@ class HalloModel:
 
     def __init__(self, files, config, dtype: torch.dtype, memory: str, storage_fp8: bool,
                  upscaler: str | None = None, compile_blocks: bool = False):
-        from ..hallo_core.audio.vocal_separation import load_vocal_separator
-        from ..hallo_core.audio.wav2vec_features import load_wav2vec
-        from ..hallo_core.face.identity import load_face_analyzer
+        from ..hallo_core.model_loaders import model_loaders
         from ..hallo_core.pipeline import Hallo3Pipeline
-        from ..hallo_core.text_encoder import load_text_encoder
-        from ..hallo_core.transformer_checkpoint import load_reference_net, load_transformer
-        from ..hallo_core.vae_checkpoint import load_vae
 
         self.files = files
         self.config = config
         self.dtype = dtype
         self.memory = memory
         self.upscaler = upscaler
-        from ..hallo_core.transformer_checkpoint import fp8_storage
-
-        storage = fp8_storage(dtype) if storage_fp8 else None
-        def main_transformer(device):
-            model = load_transformer(files.transformer, dtype=dtype, device=device, config=config, dtype_for=storage)
-            if compile_blocks:
-                model.compile_blocks()
-            return model
-
-        loaders = {
-            "transformer": main_transformer,
-            "reference_net": lambda d: load_reference_net(files.reference, dtype=dtype, device=d, config=config,
-                                                          dtype_for=storage),
-            "vae": lambda d: load_vae(files.vae, dtype=dtype, device=d),
-            "text_encoder": lambda d: load_text_encoder(files.text_encoder, device=d, dtype=dtype),
-            "wav2vec": lambda d: load_wav2vec(files.wav2vec, device=d),
-            "face": lambda d: load_face_analyzer(files.face_models, device=mm.get_torch_device()),
-            "separator": lambda d: load_vocal_separator(files.require_vocal_separator(),
-                                                        device=mm.get_torch_device()),
-        }
+        # fp8 weights are upcast by comfy.ops.manual_cast (ComfyUI's own casting), not by our casting layers.
+        loaders = model_loaders(files, config, dtype, fp8_storage=storage_fp8, weight_casting=False,
+                                compile_blocks=compile_blocks, onnx_device=mm.get_torch_device())
         tokens = config.text_length + config.latent_frames * config.tokens_per_frame + config.tokens_per_frame
         element = torch.finfo(dtype).bits // 8
         memory_required = {  # activations of one phase, beyond the weights (rough upper bounds)

@@ -4,7 +4,6 @@ which cannot show a head-layout mistake; a multi-head official golden was checke
 import math
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, CogVideoXAttnProcessor2_0
 from diffusers.models.embeddings import apply_rotary_emb
 

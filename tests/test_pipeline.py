@@ -1,14 +1,18 @@
 """The render loop: segments equal one render, the reference network runs once, clip arithmetic and seeds."""
 
+import shutil
+
 import pytest
 import torch
 
 from conftest import cut_audio
 from hallo_core.clip_plan import ClipPlan, clip_seed, reference_seed
-from hallo_core.errors import InputError
+from hallo_core.errors import InputError, ModelFileError
 from hallo_core.generate import build_pipeline
 from hallo_core.model_files import ModelFiles
 from hallo_core.pipeline import RenderSettings
+from hallo_core.safe_pickle import load_torch_checkpoint
+from hallo_core.vae_checkpoint import diffusers_to_sat_key, tiny_sat_vae_state
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +97,49 @@ def test_seed_policy_is_per_clip_and_documented():
     assert clip_seed(42, 0) != clip_seed(42, 1) != clip_seed(43, 1)
     assert clip_seed(42, 3) == clip_seed(42, 3)
     assert reference_seed(42) not in {clip_seed(42, c) for c in range(100)}
+
+
+
+def _with_container_extras(tiny_models, tmp_path, extras: dict) -> ModelFiles:
+    """A copy of the tiny models whose Hallo3 container also carries `extras`, as some official checkpoints do."""
+    root = tmp_path / "pretrained_models"
+    shutil.copytree(tiny_models, root)
+    container = root / "hallo3" / "1" / "mp_rank_00_model_states.pt"
+    module = {name: tensor.clone() for name, tensor in load_torch_checkpoint(container)["module"].items()}
+    module.update(extras)
+    torch.save({"module": module}, container)
+    return ModelFiles.from_pretrained_dir(root)
+
+
+def test_vae_weights_inside_the_container_override_3d_vae(tiny_models, tmp_path):
+    """As the official loader: `first_stage_model.*` in the Hallo3 container take precedence over 3d-vae.pt."""
+    other_vae = tiny_sat_vae_state(seed=123)
+    files = _with_container_extras(tiny_models, tmp_path,
+                                   {f"first_stage_model.{name}": tensor for name, tensor in other_vae.items()})
+    with build_pipeline(files, device="cpu").models.use("vae") as vae:
+        weights = dict(vae.model.named_parameters())
+    levels = sum(1 for k in other_vae if k.startswith("encoder.down.") and k.endswith(".downsample.conv.weight")) + 1
+    name = "decoder.conv_out.conv.weight"
+    assert torch.equal(weights[name], other_vae[diffusers_to_sat_key(name, levels)].float())
+
+
+def test_t5_weights_inside_the_container_override_the_t5_folder(tiny_models, tmp_path):
+    """`conditioner.embedders.0.transformer.*` in the container replace the T5 folder's weights, as officially."""
+    pipeline = build_pipeline(ModelFiles.from_pretrained_dir(tiny_models), device="cpu")
+    with pipeline.models.use("text_encoder") as encoder:
+        shared = encoder.model.shared.weight.detach().clone()
+        before = encoder.encode("a man")
+    replacement = torch.randn(shared.shape, generator=torch.Generator().manual_seed(5))
+    files = _with_container_extras(tiny_models, tmp_path, {"conditioner.embedders.0.transformer.shared.weight":
+                                                           replacement})
+    with build_pipeline(files, device="cpu").models.use("text_encoder") as encoder:
+        assert torch.equal(encoder.model.shared.weight.detach(), replacement.to(shared.dtype))
+        assert not torch.allclose(encoder.encode("a man"), before)
+
+
+@pytest.mark.parametrize("name, tensor", [("not_a_t5_weight", torch.zeros(2)), ("shared.weight", torch.zeros(3, 3))])
+def test_container_t5_weights_that_do_not_fit_are_refused(tiny_models, tmp_path, name, tensor):
+    files = _with_container_extras(tiny_models, tmp_path, {f"conditioner.embedders.0.transformer.{name}": tensor})
+    with pytest.raises(ModelFileError, match="T5 weights do not fit"):
+        with build_pipeline(files, device="cpu").models.use("text_encoder"):
+            pass
