@@ -113,7 +113,8 @@ def _upscale(args) -> int:
     summary = upscale_video_file(
         args.input, args.out, upscaler_weights=args.upscaler, detector_model=args.detector,
         parsing_model=args.parsing, background_model=args.background, scale=args.scale,
-        target_long_side=args.long_side, fidelity_weight=args.fidelity, device=args.device,
+        target_long_side=args.long_side, fidelity_weight=args.fidelity, face_upsample=args.face_upsample,
+        device=args.device,
     )
     print(f"{summary['out']}: {summary['frames']} frames at {summary['fps']:g} fps "
           f"(faces in {summary['faces_detected']} frames)")
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--scale", type=float, default=None, help="scale factor (default 4: 480x720 -> 1920x2880)")
     up.add_argument("--long-side", type=int, default=None, help="instead of --scale: long side in pixels (<= 4096)")
     up.add_argument("--fidelity", type=float, default=0.5, help="0: codebook only, 1: closest to the input")
+    up.add_argument("--face-upsample", action="store_true",
+                    help="also run --background's model on each restored face (official --face_upsample; slower)")
     up.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
     up.set_defaults(run=_upscale)
 

@@ -20,7 +20,7 @@ from hallo_core.tiny_frontends import tiny_face_boxes, write_tiny_face_models
 from hallo_core.upscaler.background import BackgroundUpscaler, load_background_model
 from hallo_core.upscaler.face_alignment import (FFHQ_TEMPLATE_512, DetectedFace, FaceTrack, ScrfdFaceDetector,
                                                 align_faces, alignment_matrix, inverse_alignment, select_face)
-from hallo_core.upscaler.face_parsing import ParseNetConfig, random_parsenet_state_dict
+from hallo_core.upscaler.face_parsing import ParseNet, ParseNetConfig, parsing_mask, random_parsenet_state_dict
 from hallo_core.upscaler.image_ops import erode, gaussian_blur, resize_lanczos4, warp_affine
 from hallo_core.upscaler.paste_back import paste_face
 from hallo_core.upscaler.video import (UpscaleSettings, VideoFaceUpscaler, image_output_bytes, output_size,
@@ -214,7 +214,7 @@ def official_paste(background, face, inverse, scale, parse_mask=None):
     """facelib's paste_faces_to_input_image steps with OpenCV on the whole frame (RGB, uint8 in and out)."""
     h, w = background.shape[:2]
     inv_restored = cv2.warpAffine(face, inverse, (w, h))
-    inv_mask = cv2.warpAffine(np.ones((512, 512), np.float32), inverse, (w, h))
+    inv_mask = cv2.warpAffine(np.ones(face.shape[:2], np.float32), inverse, (w, h))
     inv_mask_erosion = cv2.erode(inv_mask, np.ones((int(2 * scale), int(2 * scale)), np.uint8))
     pasted_face = inv_mask_erosion[:, :, None] * inv_restored
     w_edge = int(np.sum(inv_mask_erosion) ** 0.5) // 20
@@ -271,6 +271,63 @@ def test_alignment_and_paste_back_round_trip(scale, centre, angle):
         assert diff.max() <= 2 and diff.mean() < 0.01, (diff.max(), diff.mean())
         # round trip: the face came from this very frame, so pasting it back changes little
         assert np.abs(ours - background.astype(np.float64)).mean() < 2.0
+
+
+def _smooth_x2_model():
+    """A deterministic x2 'super-resolution model' with a 1-px receptive field, on (N, 3, h, w) in [0, 1]."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.PixelShuffle(2)).eval()
+    with torch.no_grad():
+        net[0].weight.mul_(0.1)
+        net[0].weight[:, :, 1, 1] += torch.eye(3).repeat_interleave(4, 0)  # close to nearest x2 of the input
+
+    def upscale(x):
+        with torch.no_grad():
+            return net(x).clamp(0, 1)
+
+    return upscale
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_face_upsample_pastes_the_upsampled_face_as_facelib(scale):
+    """--face_upsample: the restored face goes through the background model to 512 s, is parsed after a bilinear
+    resize back to 512, and pasted with the un-offset inverse; checked against facelib's steps in OpenCV."""
+    matrix = similarity(512 / 150, 6.0, (170, 130))
+    frame = synthetic_face_frame(240, 360, matrix)
+    background = BackgroundUpscaler(_smooth_x2_model(), 2)
+    config = ParseNetConfig(encoder_channels=(16, 16), res_depth=1, decoder_channels=(16,))
+    parsenet = ParseNet(config).eval()
+    parsenet.load_state_dict(random_parsenet_state_dict(config))
+    upscaler = VideoFaceUpscaler(lambda crops: crops, FixedFaceDetector(landmarks_for(matrix)), background, parsenet,
+                                 UpscaleSettings(scale=scale, face_upsample=True))
+    ours = next(upscaler.stream([frame])).numpy()
+
+    # official steps: the restored face is the crop (identity restorer), upsampled by the same upsampler object
+    frame_t = torch.from_numpy(frame).float().permute(2, 0, 1)[None]
+    estimated = alignment_matrix(landmarks_for(matrix))
+    face = align_faces(frame_t, estimated[None])
+    size = 512 * scale
+    up_face = background(face, (size, size))[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    face_input = cv2.resize(up_face, (512, 512), interpolation=cv2.INTER_LINEAR)
+    mask = parsing_mask(parsenet, torch.from_numpy(face_input).float().permute(2, 0, 1)[None])[0, 0].double().numpy()
+    mask = cv2.resize(mask, (size, size))
+    inverse = cv2.invertAffineTransform(estimated) * scale
+    inverse /= scale
+    inverse[:, 2] *= scale
+    bg = background(frame_t, (240 * scale, 360 * scale))[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    ref = official_paste(bg, up_face, inverse, scale, mask)
+    diff = np.abs(ours.astype(np.int16) - ref)
+    assert diff.max() <= 2 and diff.mean() < 0.005, (diff.max(), diff.mean())  # OpenCV fixed point
+
+    plain = VideoFaceUpscaler(lambda crops: crops, FixedFaceDetector(landmarks_for(matrix)), background, parsenet,
+                              UpscaleSettings(scale=scale))
+    without = next(plain.stream([frame])).numpy()
+    assert (without != ours).mean() > 0.01  # the option changes the face region, as official
+
+
+def test_face_upsample_needs_a_model_background():
+    with pytest.raises(InputError, match="super-resolution model"):
+        VideoFaceUpscaler(lambda c: c, None, BackgroundUpscaler.lanczos(), settings=UpscaleSettings(face_upsample=True))
 
 
 # ------------------------------------------------------------------------------------------------ background
@@ -384,3 +441,7 @@ def test_upscale_video_file_end_to_end(tmp_path):
         assert len(list(result.decode(video=0))) == 2
     with pytest.raises(InputError, match="not found"):
         upscale_video_file(tmp_path / "missing.mp4", tmp_path / "x.mp4", upscaler_weights="w", detector_model=None)
+    with pytest.raises(InputError, match="face upsampling needs a super-resolution model"):
+        upscale_video_file(clip, tmp_path / "y.mp4", upscaler_weights=str(tmp_path / "net_g.safetensors"),
+                           detector_model=None, face_upsample=True)
+    assert not (tmp_path / "y.mp4").exists()

@@ -121,10 +121,18 @@ def alignment_matrix(landmarks: np.ndarray) -> np.ndarray | None:
     return matrix
 
 
-def inverse_alignment(matrix: np.ndarray, scale: float) -> np.ndarray:
-    """(2, 3) map from crop pixels to output pixels at `scale` x the frame (official get_inverse_affine, with the
-    0.5 * scale translation it adds "for more precise back alignment" when scale > 1)."""
-    inverse = cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64)) * scale
+def inverse_alignment(matrix: np.ndarray, scale: float, upsampled_face: bool = False) -> np.ndarray:
+    """(2, 3) map from face pixels to output pixels at `scale` x the frame.
+
+    For the 512 crop: official get_inverse_affine, plus the 0.5 * scale translation facelib adds "for more precise
+    back alignment" when scale > 1. For a face upsampled to 512 s (`upsampled_face`): facelib divides that matrix by
+    s and multiplies its translation back, i.e. the crop's own inverse with the translation scaled, and no offset.
+    """
+    inverse = cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
+    if upsampled_face:
+        inverse[:, 2] *= scale
+        return inverse
+    inverse *= scale
     if scale > 1:
         inverse[:, 2] += 0.5 * scale
     return inverse

@@ -1,6 +1,8 @@
-"""Pasting a restored 512 x 512 face back into the upscaled frame, as facelib's `paste_faces_to_input_image` does.
+"""Pasting a restored face back into the upscaled frame, as facelib's `paste_faces_to_input_image` does.
 
-Per frame, with s the output scale and `inverse` the crop -> output map (`face_alignment.inverse_alignment`):
+Per frame, with s the output scale and `inverse` the face -> output map (`face_alignment.inverse_alignment`). The face
+is the 512 x 512 restored crop, or with face upsampling that crop upsampled to int(512 s) square (the square mask then
+has the face's size, as official):
 
 1. the face is warped into the output (bilinear, black border) and rounded to 8-bit levels;
 2. a square mask (ones over the crop) is warped the same way and eroded with a (2s x 2s) box: `eroded`;
@@ -29,9 +31,11 @@ from .image_ops import erode, gaussian_blur, warp_affine
 _ROI_MARGIN = 4  # pixels of zeros kept around the warped square
 
 
-def face_box(inverse: np.ndarray, height: int, width: int) -> tuple[int, int, int, int] | None:
-    """(y0, y1, x0, x1) of the output region the warped crop can touch, clipped to the frame; None if outside."""
-    corners = np.array([[-1.0, -1.0], [FACE_SIZE, -1.0], [-1.0, FACE_SIZE], [FACE_SIZE, FACE_SIZE]])
+def face_box(inverse: np.ndarray, height: int, width: int,
+             face_size: int = FACE_SIZE) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) of the output region the warped face can touch, clipped to the frame; None if outside."""
+    n = float(face_size)
+    corners = np.array([[-1.0, -1.0], [n, -1.0], [-1.0, n], [n, n]])
     mapped = corners @ inverse[:, :2].T + inverse[:, 2]
     x0 = max(math.floor(mapped[:, 0].min()) - _ROI_MARGIN, 0)
     x1 = min(math.ceil(mapped[:, 0].max()) + _ROI_MARGIN + 1, width)
@@ -46,11 +50,13 @@ def paste_face(background: torch.Tensor, face: torch.Tensor, inverse: np.ndarray
                parse_mask: torch.Tensor | None = None, round_blend: bool = False) -> torch.Tensor:
     """Blend a restored face into an upscaled frame.
 
-    background (3, H, W) and face (3, 512, 512): RGB levels 0..255, float, same device; inverse (2, 3) crop -> output
-    pixels; parse_mask (1, 512, 512) in [0, 1] or None (soft square mask only). Returns (3, H, W) integral levels.
+    background (3, H, W) and face (3, n, n) (n = 512, or int(512 s) when upsampled): RGB levels 0..255, float, same
+    device; inverse (2, 3) face -> output pixels; parse_mask (1, n, n) in [0, 1] or None (soft square mask only).
+    Returns (3, H, W) integral levels.
     """
     height, width = background.shape[-2:]
-    box = face_box(inverse, height, width)
+    face_size = face.shape[-1]
+    box = face_box(inverse, height, width, face_size)
     if box is None:
         return background
     y0, y1, x0, x1 = box
@@ -60,7 +66,7 @@ def paste_face(background: torch.Tensor, face: torch.Tensor, inverse: np.ndarray
     dtype, device = torch.float32, background.device
 
     # face, square mask and parsing mask go through one warp (channels are warped independently)
-    sources = [face.to(dtype), torch.ones(1, FACE_SIZE, FACE_SIZE, dtype=dtype, device=device)]
+    sources = [face.to(dtype), torch.ones(1, face_size, face_size, dtype=dtype, device=device)]
     if parse_mask is not None:
         sources.append(parse_mask.to(dtype))
     warped = warp_affine(torch.cat(sources)[None], local, size)

@@ -15,9 +15,13 @@ repeats them for the 4 context frames of each window); no PNG round trip, no fra
 stays on the device. The official pre-resize of frames whose short side is below 512 is not done, so a 480x720 frame
 at scale 4 gives 1920x2880 (official: 2048x3072).
 
-Not implemented: `--face_upsample` (RealESRGAN x2 + Lanczos on every restored face before pasting; off by default
-in `video_sr.py`, on in the README's example command), `--has_aligned`, `--draw_box`, and facelib's grey-frame
-handling (the restored face of a near-grey frame is made grey).
+`face_upsample` is the official `--face_upsample` (off by default in `video_sr.py`, on in Hallo2's README command):
+each restored face goes through the background's super-resolution model too (x2, then Lanczos to 512 s), is pasted
+at that size without the 0.5 s offset, and its parsing mask is computed on the face resized back to 512 (bilinear)
+and resized up to 512 s, as facelib does. It needs a model background (official: RealESRGAN is always used for it).
+
+Not implemented: `--has_aligned`, `--draw_box`, and facelib's grey-frame handling (the restored face of a near-grey
+frame is made grey).
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError
 from ..models.temporal_codeformer import TemporalCodeFormer
 from .background import BackgroundUpscaler
-from .face_alignment import FaceDetector, FaceTrack, align_faces, alignment_matrix, inverse_alignment
+from .face_alignment import FACE_SIZE, FaceDetector, FaceTrack, align_faces, alignment_matrix, inverse_alignment
 from .face_parsing import ParseNet, parsing_mask
 from .paste_back import paste_face
 
@@ -84,6 +89,7 @@ class UpscaleSettings:
     network_dtype: torch.dtype = torch.float32  # official: fp32
     network_frame_chunk: int | None = None  # frames per convolution pass: less memory, same numbers up to rounding
     round_blend: bool = False  # official truncates the blended pixel; True rounds
+    face_upsample: bool = False  # official --face_upsample: the SR model on each restored face (needs a model)
 
 
 @dataclass
@@ -118,6 +124,9 @@ class VideoFaceUpscaler:
             raise InputError(f"fidelity weight {settings.fidelity_weight} is out of range; use 0..1")
         if not 0 <= settings.overlap < settings.window:
             raise InputError(f"overlap {settings.overlap} must be below the window {settings.window}")
+        if settings.face_upsample and not background.uses_model:
+            raise InputError("face upsampling needs a super-resolution model (RealESRGAN_x2plus) for the background; "
+                             "give one, or turn face upsampling off")
         if isinstance(network, TemporalCodeFormer):
             network = network_restore_fn(network, settings.fidelity_weight, settings.network_frame_chunk)
         self.restore = network
@@ -209,16 +218,35 @@ class VideoFaceUpscaler:
             batch = frames[start:start + self.settings.background_batch]
             backgrounds = self.background(torch.stack([f.pixels for f in batch]), (out_h, out_w))
             faces = [f for f in batch if f.restored is not None]
-            masks = {}
-            if self.parsenet is not None and faces:
-                for frame, mask in zip(faces, parsing_mask(self.parsenet, torch.stack([f.restored for f in faces]))):
-                    masks[id(frame)] = mask
+            pasted, masks = self._faces_to_paste(faces, scale)
+            upsampled = self.settings.face_upsample
             for frame, background in zip(batch, backgrounds):
                 if frame.restored is not None:
-                    background = paste_face(background, frame.restored, inverse_alignment(frame.matrix, scale),
+                    background = paste_face(background, pasted[id(frame)],
+                                            inverse_alignment(frame.matrix, scale, upsampled_face=upsampled),
                                             scale, masks.get(id(frame)), self.settings.round_blend)
                 frame.pixels = frame.restored = None
                 yield background.to(torch.uint8).permute(1, 2, 0).contiguous().cpu()
+
+    def _faces_to_paste(self, frames: list[_Frame], scale: float) -> tuple[dict, dict]:
+        """The face each frame pastes (the restored crop, or it upsampled) and its parsing mask, by frame id."""
+        if not frames:
+            return {}, {}
+        faces = torch.stack([f.restored for f in frames])
+        parse_input = faces
+        if self.settings.face_upsample:
+            size = int(FACE_SIZE * scale)
+            faces = self.background(faces, (size, size))
+            # facelib parses the upsampled face resized back to 512 (cv2 INTER_LINEAR on the 8-bit face)
+            parse_input = F.interpolate(faces, size=(FACE_SIZE, FACE_SIZE), mode="bilinear",
+                                        align_corners=False).round_().clamp_(0, 255)
+        masks = None
+        if self.parsenet is not None:
+            masks = parsing_mask(self.parsenet, parse_input)
+            if self.settings.face_upsample:  # and resizes the mask to the face's size (INTER_LINEAR)
+                masks = F.interpolate(masks, size=faces.shape[-2:], mode="bilinear", align_corners=False)
+        return ({id(f): face for f, face in zip(frames, faces)},
+                {id(f): mask for f, mask in zip(frames, masks)} if masks is not None else {})
 
 
 def image_output_bytes(frames: int, height: int, width: int, scale: float | None = None,

@@ -152,13 +152,14 @@ def write_video(frames: Iterator[torch.Tensor | np.ndarray], out_path: str | os.
 def upscale_video_file(in_path: str | os.PathLike, out_path: str | os.PathLike, *, upscaler_weights: str,
                        detector_model: str | None, parsing_model: str | None = None,
                        background_model: str | None = None, scale: float | None = 4.0,
-                       target_long_side: int | None = None, fidelity_weight: float = 0.5,
+                       target_long_side: int | None = None, fidelity_weight: float = 0.5, face_upsample: bool = False,
                        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, crf: int = 18,
                        frame_chunk: int | None = None, progress: Callable[[int], None] | None = None) -> dict:
     """Upscale a video file to an MP4 with its audio (the CLI's entry point).
 
     `background_model` None upsamples the background with Lanczos only; `parsing_model` None pastes with the soft
-    square mask only; `detector_model` None restores no faces (background upsampling only). `dtype` is the network's
+    square mask only; `detector_model` None restores no faces (background upsampling only); `face_upsample` runs the
+    background model on each restored face too (official --face_upsample; needs `background_model`). `dtype` is the network's
     (official: float32); `frame_chunk` bounds the frames its convolutions see at once (memory). Returns a summary:
     frames, fps, out, faces_detected, faces_reused.
     """
@@ -170,7 +171,7 @@ def upscale_video_file(in_path: str | os.PathLike, out_path: str | os.PathLike, 
     background = load_background_model(background_model, device=device) if background_model else \
         BackgroundUpscaler.lanczos()
     settings = UpscaleSettings(scale=scale, target_long_side=target_long_side, fidelity_weight=fidelity_weight,
-                               network_dtype=dtype, network_frame_chunk=frame_chunk)
+                               face_upsample=face_upsample, network_dtype=dtype, network_frame_chunk=frame_chunk)
     upscaler = VideoFaceUpscaler(network, detector, background, parsenet, settings, device)
     frames = write_video(upscaler.stream(read_video_frames(in_path)), out_path, fps, audio_from=in_path, crf=crf,
                          progress=progress)

@@ -8,6 +8,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -103,6 +104,41 @@ def test_api_workflow_runs_on_tiny_models(hallo_server, tmp_path, name):
     assert abs(audio["duration"] - info["frames"] / 25) <= 1 / 25 + 1e-6
     video = next(s for s in info["streams"] if s["type"] == "video")
     assert (video["width"], video["height"]) == ((128, 128) if name.endswith("4k") else (64, 64))
+
+
+def test_face_upsample_changes_the_face_and_needs_an_upscale_model(hallo_server, tmp_path):
+    """VQTemporalUpscale4K alone on the portrait: face_upsample pastes a different (upsampled) face than the default,
+    and without an UPSCALE_MODEL it is refused in one line."""
+    from PIL import Image
+
+    workflow = _workflow("hallo3_long_video_4k")
+    upscale = next(n for n in workflow.values() if n["class_type"] == "HalloVQTemporalUpscale4K")
+    outputs = {}
+    for face_upsample in (False, True):
+        prompt = {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "portrait.jpg"}},
+            "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "bilinear",
+                                                         "width": 96, "height": 96, "crop": "center"}},
+            "3": workflow["3"],
+            "13": workflow["13"],
+            "14": {"class_type": "HalloVQTemporalUpscale4K",
+                   "inputs": {**upscale["inputs"], "images": ["2", 0], "face_upsample": face_upsample}},
+            "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0],
+                                                          "filename_prefix": f"face_upsample_{face_upsample}"}},
+        }
+        result = hallo_server.run(prompt, timeout=900)
+        assert result["status"] == "success", json.dumps(result["data"])[:2000]
+        (image,) = [f for f in hallo_server.download_outputs(result["history"], tmp_path / str(face_upsample))
+                    if f.suffix == ".png"]
+        outputs[face_upsample] = np.asarray(Image.open(image).convert("RGB"), dtype=np.int16)
+    assert outputs[True].shape == outputs[False].shape == (192, 192, 3)
+    assert (outputs[True] != outputs[False]).any(axis=-1).mean() > 0.01  # a face was found and pasted differently
+
+    del prompt["14"]["inputs"]["upscale_model"]
+    result = hallo_server.run(prompt, timeout=600)
+    assert result["status"] == "error"
+    message = result["data"]["exception_message"].strip()
+    assert "face upsampling needs a super-resolution model" in message and "\n" not in message
 
 
 def test_interrupt_stops_dit_denoise_within_a_step(hallo_server):
