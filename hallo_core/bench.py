@@ -21,12 +21,12 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 import torch
 
 from .denoiser import GuidedDenoiser, build_clip_conditioning
+from .host_memory import HostMemoryPeak
 from .models.config import Hallo3Config
 from .models.transformer import Hallo3Transformer
 from .safetensors_writer import write_safetensors
@@ -138,9 +138,7 @@ def _vae_times(device: torch.device, dtype: torch.dtype, size: str, config: Hall
 
 
 def _load_measurement(model: Hallo3Transformer, dtype: torch.dtype) -> dict:
-    """Write the model to safetensors, then time loading it in a fresh thread while sampling host memory."""
-    import psutil
-
+    """Write the model to safetensors, then time loading it while sampling host memory."""
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "hallo3_transformer.safetensors")
         state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
@@ -148,25 +146,12 @@ def _load_measurement(model: Hallo3Transformer, dtype: torch.dtype) -> dict:
                           {FORMAT_KEY: FORMATS["main"], CONFIG_KEY: model.config.to_json()})
         size = sum(v.numel() * v.element_size() for v in state.values())
         del state
-        process = psutil.Process()
-        baseline = peak = process.memory_info().rss
-        done = threading.Event()
-
-        def sample():
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, process.memory_info().rss)
-                time.sleep(0.005)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        started = time.perf_counter()
-        loaded = load_transformer(path, dtype=dtype, device="cpu")
-        seconds = time.perf_counter() - started
-        done.set()
-        sampler.join()
+        with HostMemoryPeak() as memory:
+            started = time.perf_counter()
+            loaded = load_transformer(path, dtype=dtype, device="cpu")
+            seconds = time.perf_counter() - started
         del loaded
-    return {"load_s": seconds, "weights_mb": size / 2**20, "load_peak_host_growth_mb": (peak - baseline) / 2**20}
+    return {"load_s": seconds, "weights_mb": size / 2**20, "load_peak_host_growth_mb": memory.growth / 2**20}
 
 
 def run_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None, steps: int = 5,

@@ -40,7 +40,7 @@ def model_loaders(
     from .block_streaming import BlockStreamer
     from .face.identity import load_face_analyzer
     from .text_encoder import load_text_encoder
-    from .transformer_checkpoint import TransformerWeights, container_carries
+    from .transformer_checkpoint import TransformerWeights
     from .transformer_checkpoint import fp8_storage as fp8_policy
     from .transformer_checkpoint import load_reference_net, load_transformer
     from .vae_checkpoint import load_vae
@@ -48,7 +48,7 @@ def model_loaders(
 
     storage = fp8_policy(dtype) if fp8_storage else None
     container = TransformerWeights(files.transformer, "main")
-    vae_source = container.source if container_carries(files.transformer, VAE_PREFIX) else files.vae
+    vae_source = container.source if container.carries(VAE_PREFIX) else files.vae
 
     def transformer(device: torch.device):
         stream = stream_blocks and torch.device(device).type == "cuda"

@@ -177,6 +177,11 @@ class TransformerWeights:
                                      "(or the wrong file of a converted pair)")
             self.sat_prefix = prefix
 
+    def carries(self, prefix: str) -> bool:
+        """Whether the file also holds tensors under `prefix`, e.g. the VAE's `first_stage_model.` in an official
+        container: the official loader lets such tensors override the separately loaded files."""
+        return any(name.startswith(prefix) for name in self.state)
+
     def items(self, meta: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         """(our name, tensor); with `meta`, shape-only meta tensors (nothing is read)."""
         for name in self.state:
@@ -226,13 +231,6 @@ def fp8_storage(compute_dtype: torch.dtype) -> Callable[[str, tuple[int, ...]], 
         return torch.float8_e4m3fn if is_matrix and name.startswith(FP8_PREFIXES) else compute_dtype
 
     return dtype_for
-
-
-def container_carries(path, prefix: str) -> bool:
-    """Whether an official container (or SAT-named safetensors) holds tensors under `prefix`, e.g. the VAE's
-    `first_stage_model.`: the official loader lets such tensors override the separately loaded files."""
-    state = TransformerWeights(path, "main").state
-    return any(name.startswith(prefix) for name in state)
 
 
 def load_transformer(path, dtype=torch.bfloat16, device="cpu", config: Hallo3Config | None = None,

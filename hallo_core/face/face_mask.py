@@ -62,19 +62,21 @@ def expand_region(region, image_w: int, image_h: int, expand_ratio: float = 1.0)
     max_x = mid_x + side_len_x // 2
     min_y = mid_y - side_len_y // 2
     max_y = mid_y + side_len_y // 2
-    if min_x < 0:
-        max_x -= min_x
-        min_x = 0
-    if max_x > image_w:
-        min_x -= max_x - image_w
-        max_x = image_w
-    if min_y < 0:
-        max_y -= min_y
-        min_y = 0
-    if max_y > image_h:
-        min_y -= max_y - image_h
-        max_y = image_h
+    min_x, max_x = _slide_inside(min_x, max_x, image_w)
+    min_y, max_y = _slide_inside(min_y, max_y, image_h)
     return round(min_x), round(max_x), round(min_y), round(max_y)
+
+
+def _slide_inside(low: float, high: float, limit: int) -> tuple[float, float]:
+    """Shift [low, high] to start at 0 if it starts below, then to end at `limit` if it ends past it (official
+    order: a span longer than the image ends at `limit` and starts below 0)."""
+    if low < 0:
+        high -= low
+        low = 0
+    if high > limit:
+        low -= high - limit
+        high = limit
+    return low, high
 
 
 def mask_box(points: np.ndarray, width: int, height: int,
