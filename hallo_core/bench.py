@@ -28,13 +28,13 @@ import torch
 from .denoiser import GuidedDenoiser, build_clip_conditioning
 from .host_memory import HostMemoryPeak
 from .models.config import Hallo3Config
+from .model_loaders import prepare_transformer
 from .models.transformer import Hallo3Transformer
 from .safetensors_writer import write_safetensors
 from .sampling import generator_noise, sample_vp_dpmpp_2m, sat_schedule
 from .step_cache import StepCache
 from .tiny_transformer import tiny_config
-from .transformer_checkpoint import CONFIG_KEY, FORMAT_KEY, FORMATS, fp8_storage, load_transformer
-from .weight_casting import enable_fp8_matmul, enable_weight_casting
+from .transformer_checkpoint import CONFIG_KEY, FORMAT_KEY, FORMATS, load_transformer, store_in_fp8
 
 NEW_SECONDS_PER_CLIP = 47 / 25
 
@@ -45,9 +45,13 @@ def _sync(device: torch.device) -> None:
 
 
 def _random_model(config: Hallo3Config, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Hallo3Transformer:
-    """Random weights (LayerNorm scales ~1, the rest N(0, 0.02)) made directly on the device."""
+    return random_module(lambda: Hallo3Transformer(config), device, dtype, seed)
+
+
+def random_module(build, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
+    """`build()`'s module with random weights (norm scales 1, the rest N(0, 0.02)) made directly on the device."""
     with torch.device("meta"):
-        model = Hallo3Transformer(config).to(dtype)
+        model = build().to(dtype)
     model = model.to_empty(device=device)
     generator = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
@@ -104,20 +108,27 @@ def _deviation(reference: torch.Tensor, other: torch.Tensor) -> dict:
             "psnr_db": float(10 * torch.log10(torch.tensor(4 * peak**2 / max(mse, 1e-20))))}
 
 
-def _vae_times(device: torch.device, dtype: torch.dtype, size: str, config: Hallo3Config) -> dict:
+def random_vae(size: str):
+    """The CogVideoX VAE (`full`: the 5B model's sizes, diffusers' defaults; `tiny`: the tiny models' sizes), with
+    diffusers' own random initialisation, in float32 on the CPU."""
     from diffusers import AutoencoderKLCogVideoX
 
     from .models.vae import CogVideoXVAE
     from .vae_checkpoint import TINY_BLOCK_OUT_CHANNELS
 
+    torch.manual_seed(0)
     if size == "full":
-        vae = AutoencoderKLCogVideoX()  # diffusers' defaults are the CogVideoX-5B VAE's sizes
+        vae = AutoencoderKLCogVideoX()
     else:
         vae = AutoencoderKLCogVideoX(block_out_channels=TINY_BLOCK_OUT_CHANNELS, layers_per_block=1,
                                      norm_num_groups=min(TINY_BLOCK_OUT_CHANNELS),
                                      down_block_types=("CogVideoXDownBlock3D",) * 4,
                                      up_block_types=("CogVideoXUpBlock3D",) * 4)
-    wrapper = CogVideoXVAE(vae.to(device=device, dtype=dtype).eval())
+    return CogVideoXVAE(vae.eval())
+
+
+def _vae_times(device: torch.device, dtype: torch.dtype, size: str, config: Hallo3Config) -> dict:
+    wrapper = random_vae(size).to(device=device, dtype=dtype)
     height, width = config.pixel_size
     generator = torch.Generator("cpu").manual_seed(0)
     pixels = torch.rand(1, 3, 3, height, width, generator=generator) * 2 - 1
@@ -155,7 +166,8 @@ def _load_measurement(model: Hallo3Transformer, dtype: torch.dtype) -> dict:
 
 
 def run_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None, steps: int = 5,
-                  quality_steps: int = 8, layers: int | None = None, load_only: bool = False) -> dict:
+                  quality_steps: int = 8, layers: int | None = None, load_only: bool = False,
+                  compile_blocks: bool = False, options_wanted: set[str] | None = None) -> dict:
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     config = Hallo3Config() if size == "full" else tiny_config(32, 5 * 12 * 32)
@@ -183,37 +195,74 @@ def run_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.dtype | 
                   outside_transformer_share=(record["encode_s"] + record["decode_s"]) / clip)
 
     # Speed options, side by side with the default, as ratios and deviations of the sampled latents.
+    want = lambda name: options_wanted is None or name in options_wanted  # noqa: E731
     options = {}
     default = _sample(model, conditioning, quality_steps, seed=3)
-    for threshold in (0.05, 0.3):
+    for threshold in (0.05, 0.3) if want("step_cache") else ():
         times = _time_cached(model, conditioning, quality_steps, device, threshold)
         options[f"step_cache_{threshold}"] = {
             "speed_ratio": times["default"] / times["cached"],
             **_deviation(default, _sample(model, conditioning, quality_steps, 3, cache=threshold))}
     half = max(1, quality_steps // 2)
-    options[f"steps_{half}_vs_{quality_steps}"] = {"speed_ratio": quality_steps / half,
-                                                   **_deviation(default, _sample(model, conditioning, half, 3))}
-    fp8 = _random_model(config, device, dtype)
-    storage = fp8_storage(dtype)
-    with torch.no_grad():
-        for name, param in fp8.named_parameters():
-            if storage(name, tuple(param.shape)) == torch.float8_e4m3fn:
-                param.data = param.data.to(torch.float8_e4m3fn)
-    enable_weight_casting(fp8)
-    fp8_times = _time_steps(GuidedDenoiser(fp8, conditioning, sat_schedule(50)), x, steps, device)
-    options["fp8_storage"] = {"speed_ratio": record["step_s"] / statistics.median(fp8_times),
-                              "weights_ratio": _weight_bytes(fp8) / _weight_bytes(model),
-                              **_deviation(default, _sample(fp8, conditioning, quality_steps, 3))}
-    fast = _random_model(config, device, dtype)
-    enable_fp8_matmul(fast)
-    fast_times = _time_steps(GuidedDenoiser(fast, conditioning, sat_schedule(50)), x, steps, device)
-    options["fp8_matmul"] = {"speed_ratio": record["step_s"] / statistics.median(fast_times),
-                             **_deviation(default, _sample(fast, conditioning, quality_steps, 3))}
+    if want("steps"):
+        options[f"steps_{half}_vs_{quality_steps}"] = {"speed_ratio": quality_steps / half,
+                                                       **_deviation(default, _sample(model, conditioning, half, 3))}
+    if want("fp8_storage"):
+        fp8 = prepare_transformer(store_in_fp8(_random_model(config, device, dtype), dtype), device,
+                                  weight_casting=True)
+        fp8_times = _time_steps(GuidedDenoiser(fp8, conditioning, sat_schedule(50)), x, steps, device)
+        options["fp8_storage"] = {"speed_ratio": record["step_s"] / statistics.median(fp8_times),
+                                  "weights_ratio": _weight_bytes(fp8) / _weight_bytes(model),
+                                  **_deviation(default, _sample(fp8, conditioning, quality_steps, 3))}
+        del fp8
+    if want("fp8_matmul"):
+        fast = prepare_transformer(_random_model(config, device, dtype), device, fp8_matmul=True)
+        fast_times = _time_steps(GuidedDenoiser(fast, conditioning, sat_schedule(50)), x, steps, device)
+        options["fp8_matmul"] = {"speed_ratio": record["step_s"] / statistics.median(fast_times),
+                                 **_deviation(default, _sample(fast, conditioning, quality_steps, 3))}
+        del fast
+    for backend in ("flash", "cudnn", "efficient") if want("attention") and device.type == "cuda" else ():
+        options[f"attention_{backend}"] = _attention_option(backend, model, conditioning, x, steps, device,
+                                                            record["step_s"], default, quality_steps)
+    if compile_blocks and want("compile"):
+        options["compile_blocks"] = _compiled_option(config, device, dtype, conditioning, x, steps, record["step_s"],
+                                                     default, quality_steps)
     record["options"] = options
-    del fp8, fast
     if size == "tiny" or os.environ.get("HALLO_BENCH_LOAD") == "1":
         record.update(_load_measurement(model, dtype))
     return record
+
+
+def _attention_option(backend, model, conditioning, x, steps, device, step_s, default, quality_steps) -> dict:
+    """One SDPA kernel forced for every attention call, against the default (`auto`: PyTorch's choice)."""
+    from .models.attention import set_attention
+
+    try:
+        set_attention(backend)
+        times = _time_steps(GuidedDenoiser(model, conditioning, sat_schedule(50)), x, steps, device)
+        return {"speed_ratio": step_s / statistics.median(times), "step_s": statistics.median(times),
+                **_deviation(default, _sample(model, conditioning, quality_steps, 3))}
+    except Exception as error:  # noqa: BLE001 - a kernel that does not support these shapes on this GPU
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+    finally:
+        set_attention("auto")
+
+
+def _compiled_option(config, device, dtype, conditioning, x, steps, step_s, default, quality_steps) -> dict:
+    """Regional torch.compile: the first call's compile time, then the step time as a ratio to eager."""
+    try:
+        compiled = prepare_transformer(_random_model(config, device, dtype), device, compile_blocks=True)
+        denoiser = GuidedDenoiser(compiled, conditioning, sat_schedule(50))
+        _sync(device)
+        started = time.perf_counter()
+        denoiser(x, 0)
+        _sync(device)
+        compile_s = time.perf_counter() - started
+        times = _time_steps(denoiser, x, steps, device)
+        return {"speed_ratio": step_s / statistics.median(times), "compile_s": compile_s,
+                **_deviation(default, _sample(compiled, conditioning, quality_steps, 3))}
+    except Exception as error:  # noqa: BLE001 - e.g. no C compiler for inductor; the other figures still count
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
 
 
 def _time_cached(model, conditioning, steps: int, device: torch.device, threshold: float) -> dict:
@@ -243,7 +292,8 @@ def benchmark_row(record: dict, command: str) -> str:
                 f"{record['layers']} layers, {record['dtype']} | - | - | - | - | - | {record['load_s']:.2f} s, "
                 f"+{record['load_peak_host_growth_mb']:.0f} MB for {record['weights_mb']:.0f} MB | - |")
     options = "; ".join(
-        f"{name}: x{o['speed_ratio']:.2f} speed, PSNR {o['psnr_db']:.1f} dB" for name, o in record["options"].items())
+        f"{name}: x{o['speed_ratio']:.2f} speed, PSNR {o['psnr_db']:.1f} dB" if "error" not in o else
+        f"{name}: failed ({o['error']})" for name, o in record["options"].items())
     gpu = f"{record['denoise_peak_gpu_mb']:.0f}" if "denoise_peak_gpu_mb" in record else "-"
     load = f"{record['load_s']:.2f} s, +{record['load_peak_host_growth_mb']:.0f} MB for {record['weights_mb']:.0f} MB" \
         if "load_s" in record else "-"
@@ -254,13 +304,23 @@ def benchmark_row(record: dict, command: str) -> str:
 
 def main(args) -> int:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
-    record = run_benchmark(args.size, args.device, dtype, args.steps, layers=args.layers, load_only=args.load_only)
     command = "python -m hallo_core bench " + " ".join(sys.argv[2:])
+    if args.presets:
+        from .preset_bench import preset_rows, run_preset_benchmark
+
+        record = run_preset_benchmark(args.size, args.device, dtype, args.steps, tuple(args.presets.split(",")),
+                                      layers=args.layers, compile_blocks=args.compile)
+        rows = preset_rows(record, command)
+    else:
+        wanted = set(args.options.split(",")) if args.options else None
+        record = run_benchmark(args.size, args.device, dtype, args.steps, layers=args.layers,
+                               load_only=args.load_only, compile_blocks=args.compile, options_wanted=wanted)
+        rows = [benchmark_row(record, command)]
     record["command"] = command
     with open(args.out, "w") as f:
         json.dump(record, f, indent=1)
     print(json.dumps(record, indent=1))
     if args.docs:
         with open(args.docs, "a") as f:
-            f.write(benchmark_row(record, command) + "\n")
+            f.writelines(row + "\n" for row in rows)
     return 0

@@ -37,14 +37,12 @@ def model_loaders(
     """
     from .audio.vocal_separation import load_vocal_separator
     from .audio.wav2vec_features import load_wav2vec
-    from .block_streaming import BlockStreamer
     from .face.identity import load_face_analyzer
     from .text_encoder import load_text_encoder
     from .transformer_checkpoint import TransformerWeights
     from .transformer_checkpoint import fp8_storage as fp8_policy
     from .transformer_checkpoint import load_reference_net, load_transformer
     from .vae_checkpoint import load_vae
-    from .weight_casting import enable_fp8_matmul, enable_weight_casting
 
     storage = fp8_policy(dtype) if fp8_storage else None
     container = TransformerWeights(files.transformer, "main")
@@ -54,21 +52,12 @@ def model_loaders(
         stream = stream_blocks and torch.device(device).type == "cuda"
         model = load_transformer(files.transformer, dtype=dtype, device="cpu" if stream else device, config=config,
                                  dtype_for=storage)
-        if fp8_storage and weight_casting:
-            enable_weight_casting(model)
-        if fp8_matmul:
-            enable_fp8_matmul(model)
-        if stream:
-            model.block_streamer = BlockStreamer(model.transformer_blocks, device)
-        if compile_blocks:
-            model.compile_blocks()
-        return model
+        return prepare_transformer(model, device, weight_casting=fp8_storage and weight_casting,
+                                   fp8_matmul=fp8_matmul, stream_blocks=stream, compile_blocks=compile_blocks)
 
     def reference_net(device: torch.device):
         model = load_reference_net(files.reference, dtype=dtype, device=device, config=config, dtype_for=storage)
-        if fp8_storage and weight_casting:
-            enable_weight_casting(model)
-        return model
+        return prepare_transformer(model, device, weight_casting=fp8_storage and weight_casting)
 
     def text_encoder(device: torch.device):
         encoder = load_text_encoder(files.text_encoder, device=device, dtype=dtype)
@@ -96,3 +85,24 @@ def model_loaders(
         "separator": lambda device: load_vocal_separator(files.require_vocal_separator(),
                                                          device=onnx_device or device),
     }
+
+
+def prepare_transformer(model: torch.nn.Module, device: torch.device | str, *, weight_casting: bool = False,
+                        fp8_matmul: bool = False, stream_blocks: bool = False, compile_blocks: bool = False):
+    """What the presets and speed options do to a loaded transformer (or reference network), in this order.
+
+    `weight_casting` makes fp8-stored matrices upcast per layer; `stream_blocks` (CUDA) keeps the blocks in pinned
+    host memory and streams them one block ahead; `compile_blocks` compiles each block on its own.
+    """
+    from .block_streaming import BlockStreamer
+    from .weight_casting import enable_fp8_matmul, enable_weight_casting
+
+    if weight_casting:
+        enable_weight_casting(model)
+    if fp8_matmul:
+        enable_fp8_matmul(model)
+    if stream_blocks:
+        model.block_streamer = BlockStreamer(model.transformer_blocks, device)
+    if compile_blocks:
+        model.compile_blocks()
+    return model

@@ -233,6 +233,15 @@ def fp8_storage(compute_dtype: torch.dtype) -> Callable[[str, tuple[int, ...]], 
     return dtype_for
 
 
+def store_in_fp8(model: torch.nn.Module, compute_dtype: torch.dtype) -> torch.nn.Module:
+    """An in-memory model's weights re-stored as `fp8_storage(compute_dtype)` says (what loading with it gives)."""
+    dtype_for = fp8_storage(compute_dtype)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.data = param.data.to(dtype_for(name, tuple(param.shape)))
+    return model
+
+
 def load_transformer(path, dtype=torch.bfloat16, device="cpu", config: Hallo3Config | None = None,
                      dtype_for=None) -> Hallo3Transformer:
     """The main transformer in `dtype` (or per-tensor `dtype_for`, e.g. `fp8_storage(dtype)`) on `device`."""

@@ -48,25 +48,50 @@ def test_low_preset_stores_fp8_and_stays_close(tiny_models, portraits_dir, speec
     assert 0 < difference.max() < 0.5 and difference.mean() < 0.05  # fp8 weights change numbers a little
 
 
-def test_block_streaming_gives_the_same_output_as_resident_weights(tiny_models):
+def _transformer_and_inputs(tiny_models):
+    """The tiny transformer, a call's inputs (latents, timesteps, text, audio, face) and reference tokens."""
     model = load_transformer(tiny_models, dtype=torch.float32)
     config = model.config
     torch.manual_seed(0)
     latents = torch.randn(2, 3, config.in_channels, config.latent_height, config.latent_width)
-    text = torch.randn(2, config.text_length, config.text_embed_dim)
-    audio = model.encode_audio(torch.randn(2, 9, 5, 12, 32))
-    face = model.encode_face(torch.randn(2, 512))
+    inputs = (latents, torch.tensor([500.0, 500.0]), torch.randn(2, config.text_length, config.text_embed_dim),
+              model.encode_audio(torch.randn(2, 9, 5, 12, 32)), model.encode_face(torch.randn(2, 512)))
     reference = [torch.randn(1, config.tokens_per_frame, config.hidden_size) for _ in range(config.num_layers)]
+    return model, inputs, reference
+
+
+def test_block_streaming_gives_the_same_output_as_resident_weights(tiny_models):
+    model, inputs, reference = _transformer_and_inputs(tiny_models)
+    config = model.config
     with torch.no_grad():
         kv = model.reference_key_values(reference)
-        resident = model(latents, torch.tensor([500.0, 500.0]), text, audio, face, kv)
+        resident = model(*inputs, kv)
         streamer = BlockStreamer(model.transformer_blocks, "cpu")
         model.block_streamer = streamer
         streamed_kv = model.reference_key_values(reference)
-        streamed = model(latents, torch.tensor([500.0, 500.0]), text, audio, face, streamed_kv)
+        streamed = model(*inputs, streamed_kv)
     assert torch.equal(resident, streamed)
     assert streamer.loads == 2 * config.num_layers  # each block copied in for the K/V pass and for the forward
     assert not streamer.ready  # and dropped again after use
+
+
+def test_compiled_blocks_keep_block_streaming_outside_the_graph(tiny_models):
+    """The low preset with --compile: the streamer's hooks must run eagerly around each compiled block (traced into
+    the graph, their weight moves failed on CUDA); the output equals the resident, uncompiled model's."""
+    model, inputs, reference = _transformer_and_inputs(tiny_models)
+    config = model.config
+    with torch.no_grad():
+        kv = model.reference_key_values(reference)
+        resident = model(*inputs, kv)
+        model.block_streamer = streamer = BlockStreamer(model.transformer_blocks, "cpu")
+        model.compile_blocks(backend="eager")
+        traced_hooks = []
+        for block in model.transformer_blocks:
+            block.register_forward_pre_hook(lambda *_: traced_hooks.append(torch.compiler.is_compiling()))
+        outputs = [model(*inputs, kv) for _ in range(2)]
+    assert all(torch.allclose(out, resident, atol=1e-5) for out in outputs)
+    assert traced_hooks == [False] * (2 * config.num_layers)  # every hook ran, each outside the compiled graph
+    assert streamer.loads == 2 * config.num_layers and not streamer.ready
 
 
 def test_step_cache_skips_steps_and_changes_little(tiny_models, portraits_dir, speech_file):

@@ -160,9 +160,12 @@ class Hallo3Transformer(CogVideoXBackbone):
         self.face_proj = FaceProjection(config)
 
     def compile_blocks(self, **options) -> None:
-        """Regional torch.compile: each block compiled on its own (one graph, reused 42 times; same maths)."""
+        """Regional torch.compile: each block compiled on its own (one graph, reused 42 times; same maths).
+
+        The block's forward is compiled, not the module call, so forward hooks (block streaming's weight moves) stay
+        outside the graph."""
         for block in self.transformer_blocks:
-            block.compile(**options)
+            block.forward = torch.compile(block.forward, **options)
 
     def reference_key_values(self, reference_tokens: list[torch.Tensor]) -> ReferenceKV:
         """Per-layer keys and values of the reference network's captured tokens; computed once per video."""
