@@ -116,14 +116,15 @@ def random_vae(size: str):
     from .models.vae import CogVideoXVAE
     from .vae_checkpoint import TINY_BLOCK_OUT_CHANNELS
 
-    torch.manual_seed(0)
-    if size == "full":
-        vae = AutoencoderKLCogVideoX()
-    else:
-        vae = AutoencoderKLCogVideoX(block_out_channels=TINY_BLOCK_OUT_CHANNELS, layers_per_block=1,
-                                     norm_num_groups=min(TINY_BLOCK_OUT_CHANNELS),
-                                     down_block_types=("CogVideoXDownBlock3D",) * 4,
-                                     up_block_types=("CogVideoXUpBlock3D",) * 4)
+    with torch.random.fork_rng(devices=[]):  # the same weights every time, without reseeding the caller's RNG
+        torch.manual_seed(0)
+        if size == "full":
+            vae = AutoencoderKLCogVideoX()
+        else:
+            vae = AutoencoderKLCogVideoX(block_out_channels=TINY_BLOCK_OUT_CHANNELS, layers_per_block=1,
+                                         norm_num_groups=min(TINY_BLOCK_OUT_CHANNELS),
+                                         down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                         up_block_types=("CogVideoXUpBlock3D",) * 4)
     return CogVideoXVAE(vae.eval())
 
 
@@ -207,62 +208,61 @@ def run_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.dtype | 
     if want("steps"):
         options[f"steps_{half}_vs_{quality_steps}"] = {"speed_ratio": quality_steps / half,
                                                        **_deviation(default, _sample(model, conditioning, half, 3))}
+
+    def against_default(variant: Hallo3Transformer) -> dict:
+        """A variant's step time as a ratio to the default's, and its sampled latents' deviation."""
+        times = _time_steps(GuidedDenoiser(variant, conditioning, sat_schedule(50)), x, steps, device)
+        return {"speed_ratio": record["step_s"] / statistics.median(times), "step_s": statistics.median(times),
+                **_deviation(default, _sample(variant, conditioning, quality_steps, 3))}
+
     if want("fp8_storage"):
         fp8 = prepare_transformer(store_in_fp8(_random_model(config, device, dtype), dtype), device,
                                   weight_casting=True)
-        fp8_times = _time_steps(GuidedDenoiser(fp8, conditioning, sat_schedule(50)), x, steps, device)
-        options["fp8_storage"] = {"speed_ratio": record["step_s"] / statistics.median(fp8_times),
-                                  "weights_ratio": _weight_bytes(fp8) / _weight_bytes(model),
-                                  **_deviation(default, _sample(fp8, conditioning, quality_steps, 3))}
+        options["fp8_storage"] = {**against_default(fp8), "weights_ratio": _weight_bytes(fp8) / _weight_bytes(model)}
         del fp8
     if want("fp8_matmul"):
-        fast = prepare_transformer(_random_model(config, device, dtype), device, fp8_matmul=True)
-        fast_times = _time_steps(GuidedDenoiser(fast, conditioning, sat_schedule(50)), x, steps, device)
-        options["fp8_matmul"] = {"speed_ratio": record["step_s"] / statistics.median(fast_times),
-                                 **_deviation(default, _sample(fast, conditioning, quality_steps, 3))}
-        del fast
+        options["fp8_matmul"] = against_default(prepare_transformer(_random_model(config, device, dtype), device,
+                                                                    fp8_matmul=True))
     for backend in ("flash", "cudnn", "efficient") if want("attention") and device.type == "cuda" else ():
-        options[f"attention_{backend}"] = _attention_option(backend, model, conditioning, x, steps, device,
-                                                            record["step_s"], default, quality_steps)
+        options[f"attention_{backend}"] = _attention_option(backend, model, against_default)
     if compile_blocks and want("compile"):
-        options["compile_blocks"] = _compiled_option(config, device, dtype, conditioning, x, steps, record["step_s"],
-                                                     default, quality_steps)
+        options["compile_blocks"] = _compiled_option(_random_model(config, device, dtype), device, conditioning, x,
+                                                     against_default)
     record["options"] = options
     if size == "tiny" or os.environ.get("HALLO_BENCH_LOAD") == "1":
         record.update(_load_measurement(model, dtype))
     return record
 
 
-def _attention_option(backend, model, conditioning, x, steps, device, step_s, default, quality_steps) -> dict:
+def _attention_option(backend: str, model: Hallo3Transformer, against_default) -> dict:
     """One SDPA kernel forced for every attention call, against the default (`auto`: PyTorch's choice)."""
     from .models.attention import set_attention
 
     try:
         set_attention(backend)
-        times = _time_steps(GuidedDenoiser(model, conditioning, sat_schedule(50)), x, steps, device)
-        return {"speed_ratio": step_s / statistics.median(times), "step_s": statistics.median(times),
-                **_deviation(default, _sample(model, conditioning, quality_steps, 3))}
+        return against_default(model)
     except Exception as error:  # noqa: BLE001 - a kernel that does not support these shapes on this GPU
-        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+        return _failed(error)
     finally:
         set_attention("auto")
 
 
-def _compiled_option(config, device, dtype, conditioning, x, steps, step_s, default, quality_steps) -> dict:
+def _compiled_option(model: Hallo3Transformer, device, conditioning, x, against_default) -> dict:
     """Regional torch.compile: the first call's compile time, then the step time as a ratio to eager."""
     try:
-        compiled = prepare_transformer(_random_model(config, device, dtype), device, compile_blocks=True)
-        denoiser = GuidedDenoiser(compiled, conditioning, sat_schedule(50))
+        compiled = prepare_transformer(model, device, compile_blocks=True)
         _sync(device)
         started = time.perf_counter()
-        denoiser(x, 0)
+        GuidedDenoiser(compiled, conditioning, sat_schedule(50))(x, 0)
         _sync(device)
-        compile_s = time.perf_counter() - started
-        times = _time_steps(denoiser, x, steps, device)
-        return {"speed_ratio": step_s / statistics.median(times), "compile_s": compile_s,
-                **_deviation(default, _sample(compiled, conditioning, quality_steps, 3))}
+        return {"compile_s": time.perf_counter() - started, **against_default(compiled)}
     except Exception as error:  # noqa: BLE001 - e.g. no C compiler for inductor; the other figures still count
-        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+        return _failed(error)
+
+
+def _failed(error: Exception) -> dict:
+    message = str(error).splitlines()[0] if str(error) else ""
+    return {"error": f"{type(error).__name__}: {message}"}
 
 
 def _time_cached(model, conditioning, steps: int, device: torch.device, threshold: float) -> dict:

@@ -109,10 +109,12 @@ def _loaders(host: dict, preset: str, dtype: torch.dtype, compile_blocks: bool =
     """The loaders `generate` builds for `preset` (model_loaders.py), over the in-memory random models."""
     low = preset == "low"
 
+    def stored(name: str, build) -> torch.nn.Module:  # as loading stores it: fp8 matrices in `low`
+        model = _sharing_copy(host[name], lambda: build(host[name].config))
+        return store_in_fp8(model, dtype) if low else model
+
     def load_transformer(device):
-        model = _sharing_copy(host["transformer"], lambda: Hallo3Transformer(host["transformer"].config))
-        if low:
-            model = store_in_fp8(model, dtype)
+        model = stored("transformer", Hallo3Transformer)
         stream = low and torch.device(device).type == "cuda"
         if not stream:
             model.to(device)
@@ -120,10 +122,8 @@ def _loaders(host: dict, preset: str, dtype: torch.dtype, compile_blocks: bool =
                                    compile_blocks=compile_blocks)
 
     def load_reference_net(device):
-        model = _sharing_copy(host["reference_net"], lambda: IdentityReferenceNet(host["reference_net"].config))
-        if low:
-            model = store_in_fp8(model, dtype)
-        return prepare_transformer(model.to(device), device, weight_casting=low)
+        return prepare_transformer(stored("reference_net", IdentityReferenceNet).to(device), device,
+                                   weight_casting=low)
 
     return {"transformer": load_transformer, "reference_net": load_reference_net,
             "text_encoder": lambda device: host["text_encoder"].to(device),
