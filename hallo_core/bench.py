@@ -26,6 +26,7 @@ import time
 import torch
 
 from .denoiser import GuidedDenoiser, build_clip_conditioning
+from .errors import InputError
 from .host_memory import HostMemoryPeak
 from .models.config import Hallo3Config
 from .model_loaders import prepare_transformer
@@ -37,6 +38,7 @@ from .tiny_transformer import tiny_config
 from .transformer_checkpoint import CONFIG_KEY, FORMAT_KEY, FORMATS, load_transformer, store_in_fp8
 
 NEW_SECONDS_PER_CLIP = 47 / 25
+OPTIONS = ("step_cache", "steps", "fp8_storage", "fp8_matmul", "attention", "compile")  # bench --options
 
 
 def _sync(device: torch.device) -> None:
@@ -302,17 +304,27 @@ def benchmark_row(record: dict, command: str) -> str:
             f"{record['outside_transformer_share']:.1%} | {gpu} | {load} | {options} |")
 
 
+def _known(listed: str, known: tuple[str, ...], flag: str) -> list[str]:
+    names = [name.strip() for name in listed.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise InputError(f"{flag}: unknown {', '.join(unknown) or 'empty list'}; choose from {','.join(known)}")
+    return names
+
+
 def main(args) -> int:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
     command = "python -m hallo_core bench " + " ".join(sys.argv[2:])
     if args.presets:
+        from .model_residency import RESIDENCY_PRESETS
         from .preset_bench import preset_rows, run_preset_benchmark
 
-        record = run_preset_benchmark(args.size, args.device, dtype, args.steps, tuple(args.presets.split(",")),
+        presets = tuple(_known(args.presets, RESIDENCY_PRESETS, "--presets"))
+        record = run_preset_benchmark(args.size, args.device, dtype, args.steps, presets,
                                       layers=args.layers, compile_blocks=args.compile)
         rows = preset_rows(record, command)
     else:
-        wanted = set(args.options.split(",")) if args.options else None
+        wanted = set(_known(args.options, OPTIONS, "--options")) if args.options else None
         record = run_benchmark(args.size, args.device, dtype, args.steps, layers=args.layers,
                                load_only=args.load_only, compile_blocks=args.compile, options_wanted=wanted)
         rows = [benchmark_row(record, command)]

@@ -24,3 +24,12 @@ def test_transformer_benchmark_times_steps_and_the_selected_options():
     assert record["options"]["steps_2_vs_4"]["speed_ratio"] == 2.0
     assert record["options"]["steps_2_vs_4"]["max_abs"] > 0  # half the steps is a different result
     assert "| tiny float32 |" in benchmark_row(record, "bench")
+
+
+def test_unknown_presets_or_options_are_refused_in_one_line(capsys):
+    from hallo_core.cli import main
+
+    assert main(["bench", "--presets", "full,fast", "--out", "unused.json"]) == 2
+    assert "error: --presets: unknown fast; choose from full,balanced,low" in capsys.readouterr().err
+    assert main(["bench", "--options", "fp8", "--out", "unused.json"]) == 2
+    assert "error: --options: unknown fp8; choose from step_cache,steps" in capsys.readouterr().err
