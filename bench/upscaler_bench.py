@@ -3,7 +3,7 @@
     python bench/upscaler_bench.py                      # CPU, tiny widths (the CPU row of docs/benchmarks.md)
     python bench/upscaler_bench.py --device cuda --full # GPU, the official network widths
 
-Every stage runs for real: the SCRFD detector (a tiny stand-in ONNX from hallo_core.tiny_frontends, so no weights
+Every stage runs for real: the SCRFD detector (a tiny stand-in ONNX from hallo_core.dev.tiny_frontends, so no weights
 are needed; the real one is ~10 GFLOP), the alignment warp, the temporal CodeFormer on 16-frame windows (stride 12),
 ParseNet, the background upsampling and the paste-back. The background is RealESRGAN x2plus through spandrel when
 spandrel imports (random weights of the real architecture) and Lanczos alone otherwise; the row says which.
@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hallo_core.models.temporal_codeformer import TemporalCodeFormerConfig  # noqa: E402
-from hallo_core.tiny_frontends import write_tiny_face_models  # noqa: E402
+from hallo_core.dev.tiny_frontends import write_tiny_face_models  # noqa: E402
 from hallo_core.upscaler.background import BackgroundUpscaler  # noqa: E402
 from hallo_core.upscaler.face_alignment import ScrfdFaceDetector  # noqa: E402
 from hallo_core.upscaler.face_parsing import ParseNet, ParseNetConfig, random_parsenet_state_dict  # noqa: E402
+from hallo_core.upscaler.temporal_codeformer import TemporalCodeFormerConfig  # noqa: E402
 from hallo_core.upscaler.video import UpscaleSettings, VideoFaceUpscaler  # noqa: E402
 from hallo_core.upscaler.weights import load_temporal_codeformer, random_state_dict  # noqa: E402
 

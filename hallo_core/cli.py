@@ -13,7 +13,7 @@ from .errors import HalloError
 
 
 def _parity(args) -> int:
-    from .parity import run_parity
+    from .dev.parity import run_parity
 
     result = run_parity(args.weights, args.io, args.config, device=args.device)
     print(json.dumps(result))
@@ -21,7 +21,7 @@ def _parity(args) -> int:
 
 
 def _convert(args) -> int:
-    from .convert import convert_transformers
+    from .hallo3.convert import convert_transformers
 
     for path in convert_transformers(args.src, args.dst, args.dtype):
         print(path)
@@ -61,10 +61,10 @@ class _ProgressBar:
 
 
 def _generate(args) -> int:
-    from .denoiser import SeparateGuidance
     from .generate import generate
-    from .motion import MotionOptions
-    from .pipeline import RenderSettings
+    from .hallo3.denoiser import SeparateGuidance
+    from .hallo3.pipeline import RenderSettings
+    from .render.motion import MotionOptions
 
     try:
         motion = MotionOptions(frames=args.motion_frames, pixel_dropout=args.motion_dropout,
@@ -79,14 +79,12 @@ def _generate(args) -> int:
                                     reference=args.ref_cfg)
     settings = RenderSettings(steps=args.steps, cfg_scale=args.cfg, seed=args.seed, motion=motion,
                               step_cache=args.step_cache, guidance=guidance)
-    from .models.attention import set_attention
-
-    set_attention(args.attention)
     result = generate(
         image=args.image, audio=args.audio, out=args.out, models=args.models, prompt=args.prompt,
         settings=settings, device=args.device, dtype=_torch_dtype(args.dtype),
         separate_vocals=not args.no_vocal_separation, render_dir=args.render_dir, keep_render=args.keep_render,
         residency=args.residency, progress=_ProgressBar(), compile_blocks=args.compile, fp8_matmul=args.fp8_matmul,
+        attention=args.attention,
     )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -96,7 +94,7 @@ def _generate(args) -> int:
 
 
 def _make_tiny_models(args) -> int:
-    from .tiny_models import make_tiny_comfyui_models, make_tiny_models
+    from .dev.tiny_models import make_tiny_comfyui_models, make_tiny_models
 
     make = make_tiny_comfyui_models if args.comfyui_layout else make_tiny_models
     written = make(args.dir, seed=args.seed)
@@ -210,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "attention,compile (default: all; compile also needs --compile)")
     bench.add_argument("--out", default="bench.json", help="JSON record")
     bench.add_argument("--docs", default=None, help="append a row to this markdown file (docs/benchmarks.md)")
-    bench.set_defaults(run=lambda args: __import__("hallo_core.bench", fromlist=["main"]).main(args))
+    bench.set_defaults(run=lambda args: __import__("hallo_core.dev.bench", fromlist=["main"]).main(args))
 
     tiny = commands.add_parser("make-tiny-models", help="write tiny random models in the official layout")
     tiny.add_argument("dir", help="folder to write (the pretrained_models/ layout)")

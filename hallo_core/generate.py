@@ -18,14 +18,15 @@ import torch
 
 from .audio.decode import decode_audio
 from .face.reference_image import crop_output_frames, load_image
-from .model_files import ModelFiles
-from .model_loaders import model_loaders
-from .model_residency import LocalModels
-from .pipeline import Hallo3Pipeline, RenderSettings
-from .progress import ProgressEvent, Reporter
-from .render_store import RenderStore
-from .transformer_checkpoint import TransformerWeights
-from .video_io import Mp4Writer
+from .hallo3.checkpoint import TransformerWeights
+from .hallo3.loaders import model_loaders
+from .hallo3.model_files import ModelFiles
+from .hallo3.pipeline import Hallo3Pipeline, RenderSettings
+from .media.video import Mp4Writer
+from .memory.residency import LocalModels
+from .render.progress import ProgressEvent, Reporter
+from .render.store import RenderStore
+from .runtime.attention import sdpa_kernel
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -35,13 +36,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 def build_pipeline(files: ModelFiles, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                    residency: str = "balanced", compile_blocks: bool = False,
-                   fp8_matmul: bool = False) -> Hallo3Pipeline:
+                   fp8_matmul: bool = False, attention: str = "auto") -> Hallo3Pipeline:
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     config = TransformerWeights(files.transformer, "main").config()
     low = residency == "low"
     loaders = model_loaders(files, config, dtype, fp8_storage=low, stream_blocks=low, compile_blocks=compile_blocks,
-                            fp8_matmul=fp8_matmul)
+                            fp8_matmul=fp8_matmul, attention_kernel=sdpa_kernel(attention))
     return Hallo3Pipeline(LocalModels(loaders, device, residency), config, dtype=dtype, device=device)
 
 
@@ -94,6 +95,7 @@ def generate(
     pipeline: Hallo3Pipeline | None = None,
     compile_blocks: bool = False,
     fp8_matmul: bool = False,
+    attention: str = "auto",
 ) -> GenerateResult:
     # Cheap checks first: a bad file is reported before any model is loaded.
     original_audio = decode_audio(audio)
@@ -101,7 +103,7 @@ def generate(
     files = models if isinstance(models, ModelFiles) else ModelFiles.from_pretrained_dir(models)
     if separate_vocals:
         files.require_vocal_separator()
-    pipeline = pipeline or build_pipeline(files, device, dtype, residency, compile_blocks, fp8_matmul)
+    pipeline = pipeline or build_pipeline(files, device, dtype, residency, compile_blocks, fp8_matmul, attention)
     reporter = Reporter(progress, cancel)
 
     reporter(ProgressEvent("prepare", message="face and references"))

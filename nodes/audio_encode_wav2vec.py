@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..hallo_core.clip_plan import ClipPlan
+from ..hallo_core.render.clip_plan import ClipPlan
 from .hallo_types import CATEGORY, HalloAudioType, HalloModelType
 
 

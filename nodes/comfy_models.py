@@ -100,9 +100,9 @@ class HalloModel:
     """The value of a HALLO_MODEL: where the files are, the precision, and the pipeline that uses them."""
 
     def __init__(self, files, config, dtype: torch.dtype, memory: str, storage_fp8: bool,
-                 upscaler: str | None = None, compile_blocks: bool = False):
-        from ..hallo_core.model_loaders import model_loaders
-        from ..hallo_core.pipeline import Hallo3Pipeline
+                 upscaler: str | None = None, compile_blocks: bool = False, attention_kernel=None):
+        from ..hallo_core.hallo3.loaders import model_loaders
+        from ..hallo_core.hallo3.pipeline import Hallo3Pipeline
 
         self.files = files
         self.config = config
@@ -111,7 +111,8 @@ class HalloModel:
         self.upscaler = upscaler
         # fp8 weights are upcast by comfy.ops.manual_cast (ComfyUI's own casting), not by our casting layers.
         loaders = model_loaders(files, config, dtype, fp8_storage=storage_fp8, weight_casting=False,
-                                compile_blocks=compile_blocks, onnx_device=mm.get_torch_device())
+                                compile_blocks=compile_blocks, onnx_device=mm.get_torch_device(),
+                                attention_kernel=attention_kernel)
         tokens = config.text_length + config.latent_frames * config.tokens_per_frame + config.tokens_per_frame
         element = torch.finfo(dtype).bits // 8
         memory_required = {  # activations of one phase, beyond the weights (rough upper bounds)

@@ -18,14 +18,14 @@ import torch
 from comfy_api.latest import InputImpl, io
 from PIL import Image
 
-from ..hallo_core.clip_plan import FPS
 from ..hallo_core.errors import InputError
 from ..hallo_core.face.reference_image import crop_output_frames
-from ..hallo_core.motion import MotionOptions
-from ..hallo_core.pipeline import RenderSettings
-from ..hallo_core.progress import Reporter
-from ..hallo_core.render_store import RenderStore
-from ..hallo_core.video_io import Mp4Writer
+from ..hallo_core.hallo3.pipeline import RenderSettings
+from ..hallo_core.media.video import Mp4Writer
+from ..hallo_core.render.clip_plan import FPS
+from ..hallo_core.render.motion import MotionOptions
+from ..hallo_core.render.progress import Reporter
+from ..hallo_core.render.store import RenderStore
 from . import continuations
 from .hallo_types import CATEGORY, HalloAudioType, HalloIdentityType, HalloModelType, HalloMotion, HalloMotionType
 

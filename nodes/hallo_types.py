@@ -14,7 +14,7 @@ class HalloIdentity:
     """HALLO_IDENTITY: the prepared portrait and the prompt that goes with it."""
 
     def __init__(self, conditioning, prompt: str, image_size: tuple[int, int]):
-        self.conditioning = conditioning  # hallo_core.pipeline.IdentityConditioning
+        self.conditioning = conditioning  # hallo_core.hallo3.pipeline.IdentityConditioning
         self.prompt = prompt
         self.image_size = image_size  # (height, width) of the input image
 
@@ -27,7 +27,7 @@ class HalloMotion:
     """
 
     def __init__(self, options, frames=None, exact: bool = False, end_frame: int | None = None):
-        self.options = options  # hallo_core.motion.MotionOptions
+        self.options = options  # hallo_core.render.motion.MotionOptions
         self.frames = frames  # (n, 3, H, W) float32 in [0, 1], or None
         self.exact = exact
         self.end_frame = end_frame  # output frame after the previous segment, when known

@@ -7,8 +7,8 @@ import torch
 from comfy_api.latest import io
 
 from ..hallo_core.errors import ModelFileError
-from ..hallo_core.model_files import ModelFiles
-from ..hallo_core.transformer_checkpoint import TransformerWeights
+from ..hallo_core.hallo3.checkpoint import TransformerWeights
+from ..hallo_core.hallo3.model_files import ModelFiles
 from . import model_folders as folders
 from .comfy_models import HalloModel
 from .hallo_types import CATEGORY, HalloModelType
@@ -137,19 +137,19 @@ class LoadHalloModel(io.ComfyNode):
             precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
         storage_fp8 = precision == "fp8_e4m3fn" or memory == "low"
         config = TransformerWeights(files.transformer, "main").config()
-        _select_attention(attention)
-        return io.NodeOutput(HalloModel(files, config, dtype, memory, storage_fp8, upscaler_path, compile))
+        return io.NodeOutput(HalloModel(files, config, dtype, memory, storage_fp8, upscaler_path, compile,
+                                        _attention_kernel(attention)))
 
 
-def _select_attention(choice: str) -> None:
-    from ..hallo_core.models.attention import set_attention
+def _attention_kernel(choice: str):
+    """The kernel the models compute attention with (per model: two loaders keep their own choice)."""
+    from ..hallo_core.runtime.attention import sdpa_kernel
 
     if choice != "comfy":
-        set_attention("auto" if choice == "sdpa" else choice)
-        return
+        return sdpa_kernel("auto" if choice == "sdpa" else choice)
     from comfy.ldm.modules.attention import optimized_attention
 
     def comfy_attention(query, key, value):  # (b, heads, len, d) in and out
         return optimized_attention(query, key, value, query.shape[1], skip_reshape=True, skip_output_reshape=True)
 
-    set_attention(function=comfy_attention)
+    return comfy_attention

@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..hallo_core.errors import InputError
-from ..hallo_core.motion import MotionOptions
+from ..hallo_core.render.motion import MotionOptions
 from . import continuations
 from .hallo_types import CATEGORY, HalloMotion, HalloMotionType
 

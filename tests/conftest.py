@@ -37,7 +37,7 @@ def python_env() -> dict:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
     """A complete tiny model set in the official pretrained_models/ layout, made once per test session."""
-    from hallo_core.tiny_models import make_tiny_models
+    from hallo_core.dev.tiny_models import make_tiny_models
 
     root = tmp_path_factory.mktemp("tiny_models")
     make_tiny_models(root, seed=0)

@@ -7,7 +7,7 @@ import torch
 from diffusers.models.attention_processor import Attention, CogVideoXAttnProcessor2_0
 from diffusers.models.embeddings import apply_rotary_emb
 
-from hallo_core.models.attention import FrameCrossAttnProcessor, ReferenceJointAttnProcessor, reference_key_value
+from hallo_core.hallo3.attention import FrameCrossAttnProcessor, ReferenceJointAttnProcessor, reference_key_value
 
 HEADS, HEAD_DIM = 4, 16
 DIM = HEADS * HEAD_DIM

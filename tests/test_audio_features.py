@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from hallo_core.audio import Audio, decode_audio, prepare_speech, speech_16k_mono
 from hallo_core.audio.vocal_separation import VocalSeparator
 from hallo_core.audio.wav2vec_features import frame_count, frame_windows, load_wav2vec
+from hallo_core.dev.tiny_frontends import write_tiny_vocal_separator, write_tiny_wav2vec
 from hallo_core.errors import InputError, ModelFileError
-from hallo_core.tiny_frontends import write_tiny_vocal_separator, write_tiny_wav2vec
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 PORTRAITS = SHARED / "portraits"

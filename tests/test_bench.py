@@ -2,8 +2,8 @@
 
 import torch
 
-from hallo_core.bench import benchmark_row, run_benchmark
-from hallo_core.preset_bench import preset_rows, run_preset_benchmark
+from hallo_core.dev.bench import benchmark_row, run_benchmark
+from hallo_core.dev.preset_bench import preset_rows, run_preset_benchmark
 
 
 def test_preset_benchmark_renders_each_preset_and_compares_it_with_the_first():

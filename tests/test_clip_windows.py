@@ -12,8 +12,7 @@ import pathlib
 import pytest
 import torch
 
-from hallo_core.audio.clip_windows import (clip_audio, clip_frame_indices, clip_output_frames, num_clips,
-                                           window_indices)
+from hallo_core.audio.clip_windows import clip_audio, clip_frame_indices, clip_output_frames, num_clips, window_indices
 from hallo_core.audio.wav2vec_features import AudioFeatures, frame_count, padded_frame_count
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "frontends"

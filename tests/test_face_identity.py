@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from hallo_core.dev.tiny_frontends import tiny_face_boxes, write_tiny_face_models
 from hallo_core.errors import InputError, ModelFileError
 from hallo_core.face import load_image
 from hallo_core.face.identity import FaceAnalyzer, find_face_model_dir
-from hallo_core.tiny_frontends import tiny_face_boxes, write_tiny_face_models
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 PORTRAITS = sorted((SHARED / "portraits").glob("*.jpg"))

@@ -11,12 +11,20 @@ import pathlib
 import numpy as np
 import pytest
 
+from hallo_core.dev.tiny_frontends import tiny_face_boxes, tiny_landmarks_68, write_tiny_face_models
 from hallo_core.errors import InputError, ModelFileError
 from hallo_core.face import load_image
-from hallo_core.face.face_mask import (FOREHEAD_RATIO, SILHOUETTE_IDS, box_mask, build_face_mask, expand_region,
-                                       mask_box, mediapipe_available, silhouette_from_landmarks_68)
+from hallo_core.face.face_mask import (
+    FOREHEAD_RATIO,
+    SILHOUETTE_IDS,
+    box_mask,
+    build_face_mask,
+    expand_region,
+    mask_box,
+    mediapipe_available,
+    silhouette_from_landmarks_68,
+)
 from hallo_core.face.identity import FaceAnalyzer
-from hallo_core.tiny_frontends import tiny_face_boxes, tiny_landmarks_68, write_tiny_face_models
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "frontends"

@@ -4,11 +4,11 @@ import json
 
 import torch
 
-from hallo_core.models.config import Hallo3Config
-from hallo_core.models.reference_net import IdentityReferenceNet
-from hallo_core.models.transformer import Hallo3Transformer
-from hallo_core.state_dict import build_on_meta
-from hallo_core.transformer_checkpoint import SAT_DROPPED, SAT_PREFIXES, ours_to_sat, sat_to_ours
+from hallo_core.hallo3.checkpoint import SAT_DROPPED, SAT_PREFIXES, ours_to_sat, sat_to_ours
+from hallo_core.hallo3.config import Hallo3Config
+from hallo_core.hallo3.reference_net import IdentityReferenceNet
+from hallo_core.hallo3.transformer import Hallo3Transformer
+from hallo_core.loading.state_dict import build_on_meta
 
 
 def _mapped_shapes(keys: dict, prefix: str) -> tuple[dict, set]:

@@ -7,10 +7,10 @@ import sys
 import time
 
 import numpy as np
-
 from conftest import cut_audio, python_env
+
 from hallo_core.audio.decode import decode_audio
-from hallo_core.video_io import probe, read_clip_frames, read_video_frames
+from hallo_core.media.video import probe, read_clip_frames, read_video_frames
 
 
 def _generate(args, **kwargs):

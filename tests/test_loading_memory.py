@@ -5,13 +5,13 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import REPO, python_env
-from hallo_core.convert import convert_transformers  # noqa: F401  (import check)
-from hallo_core.models.config import Hallo3Config
-from hallo_core.models.transformer import Hallo3Transformer
-from hallo_core.safetensors_writer import write_safetensors
-from hallo_core.transformer_checkpoint import CONFIG_KEY, FORMAT_KEY, FORMATS
+
+from hallo_core.hallo3.checkpoint import CONFIG_KEY, FORMAT_KEY, FORMATS
+from hallo_core.hallo3.config import Hallo3Config
+from hallo_core.hallo3.convert import convert_transformers  # noqa: F401  (import check)
+from hallo_core.hallo3.transformer import Hallo3Transformer
+from hallo_core.loading.safetensors_writer import write_safetensors
 
 CONFIG = Hallo3Config(
     num_layers=6, num_attention_heads=8, attention_head_dim=64, mlp_dim=2048, time_embed_dim=256,

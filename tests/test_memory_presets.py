@@ -2,14 +2,14 @@
 
 import pytest
 import torch
-
 from conftest import cut_audio
-from hallo_core.block_streaming import BlockStreamer
+
 from hallo_core.generate import build_pipeline
-from hallo_core.model_files import ModelFiles
-from hallo_core.pipeline import RenderSettings
-from hallo_core.transformer_checkpoint import fp8_storage, load_transformer
-from hallo_core.weight_casting import CastingLinear, enable_weight_casting
+from hallo_core.hallo3.checkpoint import fp8_storage, load_transformer
+from hallo_core.hallo3.model_files import ModelFiles
+from hallo_core.hallo3.pipeline import RenderSettings
+from hallo_core.memory.block_streaming import BlockStreamer
+from hallo_core.memory.weight_casting import CastingLinear, enable_weight_casting
 
 LARGE = {"transformer", "reference_net", "vae", "text_encoder"}
 
@@ -118,7 +118,7 @@ def test_weight_casting_upcasts_fp8_layers_only():
 
 
 def test_separate_guidance_with_equal_scales_is_the_official_guidance(tiny_models, portraits_dir, speech_file):
-    from hallo_core.denoiser import SeparateGuidance
+    from hallo_core.hallo3.denoiser import SeparateGuidance
 
     official, _ = _render(tiny_models, portraits_dir, speech_file, "full", RenderSettings(steps=3, seed=5))
     equal, _ = _render(tiny_models, portraits_dir, speech_file, "full",
@@ -130,7 +130,7 @@ def test_separate_guidance_with_equal_scales_is_the_official_guidance(tiny_model
 
 
 def test_carry_latents_changes_the_continuation_only(tiny_models, portraits_dir, speech_file):
-    from hallo_core.motion import MotionOptions
+    from hallo_core.render.motion import MotionOptions
 
     official, _ = _render(tiny_models, portraits_dir, speech_file, "full", RenderSettings(steps=2, seed=9))
     carried, _ = _render(tiny_models, portraits_dir, speech_file, "full",
@@ -140,7 +140,7 @@ def test_carry_latents_changes_the_continuation_only(tiny_models, portraits_dir,
 
 
 def test_fp8_matmul_stays_close_to_the_exact_layer():
-    from hallo_core.weight_casting import Fp8MatmulLinear, enable_fp8_matmul
+    from hallo_core.memory.weight_casting import Fp8MatmulLinear, enable_fp8_matmul
 
     torch.manual_seed(0)
     model = torch.nn.Module()

@@ -4,15 +4,15 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import cut_audio
-from hallo_core.clip_plan import ClipPlan, clip_seed, reference_seed
+
 from hallo_core.errors import InputError, ModelFileError
 from hallo_core.generate import build_pipeline
-from hallo_core.model_files import ModelFiles
-from hallo_core.pipeline import RenderSettings
-from hallo_core.safe_pickle import load_torch_checkpoint
-from hallo_core.vae_checkpoint import diffusers_to_sat_key, tiny_sat_vae_state
+from hallo_core.hallo3.model_files import ModelFiles
+from hallo_core.hallo3.pipeline import RenderSettings
+from hallo_core.hallo3.vae_checkpoint import diffusers_to_sat_key, tiny_sat_vae_state
+from hallo_core.loading.safe_pickle import load_torch_checkpoint
+from hallo_core.render.clip_plan import ClipPlan, clip_seed, reference_seed
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from hallo_core.dev.tiny_frontends import write_tiny_face_models
 from hallo_core.errors import InputError
 from hallo_core.face import load_image, prepare_reference
 from hallo_core.face.face_mask import box_mask
 from hallo_core.face.identity import FaceAnalyzer
 from hallo_core.face.reference_image import crop_output_frames, reference_images
-from hallo_core.tiny_frontends import write_tiny_face_models
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "frontends"

@@ -7,7 +7,6 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import REPO
 
 COMFY = shutil.which("comfy", path=os.path.dirname(sys.executable)) or shutil.which("comfy")
@@ -47,8 +46,8 @@ def test_comfy_node_pack_ships_the_runtime_and_nothing_else(packed):
     with zipfile.ZipFile(clone / "node.zip") as archive:
         names = set(archive.namelist())
     for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "LICENSE", "README.md", "web/hallo.js",
-                   "nodes/__init__.py", "nodes/dit_denoise.py", "hallo_core/pipeline.py",
-                   "hallo_core/models/transformer.py", "workflows/hallo3_portrait_to_video.json",
+                   "nodes/__init__.py", "nodes/dit_denoise.py", "hallo_core/hallo3/pipeline.py",
+                   "hallo_core/hallo3/transformer.py", "workflows/hallo3_portrait_to_video.json",
                    "workflows/api/hallo3_portrait_to_video.json", "workflows/run_api.py"):
         assert needed in names, needed
     assert not [n for n in names if n.startswith(("tests/", "bench/", ".ci/")) or "__pycache__" in n

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hallo_core.errors import ModelFileError, UnsafeCheckpointError
-from hallo_core.safe_pickle import OpaqueObject, load_torch_checkpoint
+from hallo_core.loading.safe_pickle import OpaqueObject, load_torch_checkpoint
 
 
 class _RunsACommand:

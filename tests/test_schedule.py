@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from hallo_core.sampling import full_alpha_table, generator_noise, sample_vp_dpmpp_2m, sat_schedule
+from hallo_core.hallo3.sampler import full_alpha_table, generator_noise, sample_vp_dpmpp_2m, sat_schedule
 
 
 def test_schedule_matches_official_table(golden_dir):

@@ -1,4 +1,4 @@
-"""The prompt embedding (hallo_core.text_encoder) with the tiny T5 against the official FrozenT5Embedder.
+"""The prompt embedding (hallo_core.hallo3.text_encoder) with the tiny T5 against the official FrozenT5Embedder.
 
 tests/fixtures/frontends/t5_tiny_official.{json,safetensors}: token ids for a set of prompts and the embeddings of the
 first two, from hallo3's `FrozenT5Embedder(max_length=226)` (transformers 4.45.2, the slow sentencepiece T5Tokenizer,
@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hallo_core.dev.tiny_frontends import write_tiny_t5
 from hallo_core.errors import ModelFileError
-from hallo_core.text_encoder import MAX_LENGTH, load_text_encoder
-from hallo_core.tiny_frontends import write_tiny_t5
+from hallo_core.hallo3.text_encoder import MAX_LENGTH, load_text_encoder
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "frontends"
 GOLDEN = json.loads((FIXTURES / "t5_tiny_official.json").read_text())
@@ -136,8 +136,8 @@ def test_corrupt_or_wrong_weights(tmp_path, t5_dir):
     shutil.copytree(t5_dir, folder)
     (folder / "model-00002-of-00002.safetensors").write_bytes(b"\x00" * 64)
     failing(folder, "cannot load the T5 encoder")
-    from safetensors.numpy import save_file
     import numpy as np
+    from safetensors.numpy import save_file
 
     for shard in folder.glob("*.safetensors"):
         shard.unlink()

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import python_env
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import python_env
 from hallo_core.errors import ModelFileError
-from hallo_core.transformer_checkpoint import load_reference_net, load_transformer
+from hallo_core.hallo3.checkpoint import load_reference_net, load_transformer
 
 
 def _short_clip_output(model, reference_net, io):
@@ -64,7 +64,7 @@ def test_official_container_layout_loads_the_same_model(tmp_path, golden_weights
 
 
 def test_convert_round_trip(tmp_path, golden_weights, golden_io, reference_output):
-    from hallo_core.vae_checkpoint import load_vae_model, write_tiny_sat_vae
+    from hallo_core.hallo3.vae_checkpoint import load_vae_model, write_tiny_sat_vae
 
     root = _write_official_container(tmp_path / "pretrained_models", golden_weights)
     (root / "cogvideox-5b-i2v-sat" / "vae").mkdir(parents=True)
@@ -93,7 +93,7 @@ def test_convert_round_trip(tmp_path, golden_weights, golden_io, reference_outpu
 
 
 def test_convert_to_bf16_and_fp8_storage(tmp_path, golden_weights, golden_io, reference_output):
-    from hallo_core.convert import convert_transformers
+    from hallo_core.hallo3.convert import convert_transformers
 
     for dtype, bound in (("bf16", 0.05), ("fp8_e4m3fn", 0.5)):
         main, ref = convert_transformers(str(golden_weights), str(tmp_path / dtype), dtype)

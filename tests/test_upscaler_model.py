@@ -1,4 +1,4 @@
-"""Hallo2's temporal CodeFormer (hallo_core.models.temporal_codeformer) and its loader and parity command.
+"""Hallo2's temporal CodeFormer (hallo_core.upscaler.temporal_codeformer) and its loader and parity command.
 
 The golden in tests/fixtures/upscaler was made by the official Hallo2 CodeFormer class at a small transformer width
 and half convolution width (recipe in tests/fixtures/upscaler/README.md); its weights are regenerated here from the
@@ -13,14 +13,22 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from hallo_core.dev.upscaler_parity import run_upscaler_parity
 from hallo_core.errors import InputError, ModelFileError
-from hallo_core.models.temporal_codeformer import (EncodedClip, TemporalCodeFormer, TemporalCodeFormerConfig,
-                                                    TemporalTransformerLayer)
-from hallo_core.upscaler import parity as parity_module
+from hallo_core.dev import upscaler_parity as parity_module
 from hallo_core.upscaler.face_parsing import ParseNetConfig, load_parsenet, parsing_mask, random_parsenet_state_dict
-from hallo_core.upscaler.parity import run_upscaler_parity
-from hallo_core.upscaler.weights import (load_temporal_codeformer, random_state_dict, read_upscaler_state_dict,
-                                         state_dict_sha256)
+from hallo_core.upscaler.temporal_codeformer import (
+    EncodedClip,
+    TemporalCodeFormer,
+    TemporalCodeFormerConfig,
+    TemporalTransformerLayer,
+)
+from hallo_core.upscaler.weights import (
+    load_temporal_codeformer,
+    random_state_dict,
+    read_upscaler_state_dict,
+    state_dict_sha256,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "fixtures"

@@ -14,17 +14,24 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from hallo_core.dev.tiny_frontends import tiny_face_boxes, write_tiny_face_models
 from hallo_core.errors import InputError, ModelFileError
-from hallo_core.models.temporal_codeformer import TemporalCodeFormerConfig
-from hallo_core.tiny_frontends import tiny_face_boxes, write_tiny_face_models
 from hallo_core.upscaler.background import BackgroundUpscaler, load_background_model
-from hallo_core.upscaler.face_alignment import (FFHQ_TEMPLATE_512, DetectedFace, FaceTrack, ScrfdFaceDetector,
-                                                align_faces, alignment_matrix, inverse_alignment, select_face)
+from hallo_core.upscaler.face_alignment import (
+    FFHQ_TEMPLATE_512,
+    DetectedFace,
+    FaceTrack,
+    ScrfdFaceDetector,
+    align_faces,
+    alignment_matrix,
+    inverse_alignment,
+    select_face,
+)
 from hallo_core.upscaler.face_parsing import ParseNet, ParseNetConfig, parsing_mask, random_parsenet_state_dict
 from hallo_core.upscaler.image_ops import erode, gaussian_blur, resize_lanczos4, warp_affine
 from hallo_core.upscaler.paste_back import paste_face
-from hallo_core.upscaler.video import (UpscaleSettings, VideoFaceUpscaler, image_output_bytes, output_size,
-                                       window_plan)
+from hallo_core.upscaler.temporal_codeformer import TemporalCodeFormerConfig
+from hallo_core.upscaler.video import UpscaleSettings, VideoFaceUpscaler, image_output_bytes, output_size, window_plan
 from hallo_core.upscaler.video_io import upscale_video_file
 from hallo_core.upscaler.weights import random_state_dict
 

@@ -9,8 +9,8 @@ from diffusers import AutoencoderKLCogVideoX
 from safetensors.torch import load_file, save_file
 
 from hallo_core.errors import InputError, ModelFileError
-from hallo_core.models.vae import LATENT_SCALE, CogVideoXVAE, latent_frame_count, pixel_frame_count
-from hallo_core.vae_checkpoint import (
+from hallo_core.hallo3.vae import LATENT_SCALE, CogVideoXVAE, latent_frame_count, pixel_frame_count
+from hallo_core.hallo3.vae_checkpoint import (
     _select_vae,
     diffusers_to_sat_key,
     infer_vae_config,
@@ -367,7 +367,7 @@ def _peak_anonymous_growth(fn):
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc (Linux, glibc)")
 def test_loading_holds_the_weights_once(tmp_path):
     """Anonymous memory grows by about one copy of the weights (the file is memory-mapped, not read into memory)."""
-    from hallo_core.vae_checkpoint import tiny_sat_vae_state
+    from hallo_core.hallo3.vae_checkpoint import tiny_sat_vae_state
 
     path = tmp_path / "3d-vae.pt"
     torch.save({"state_dict": tiny_sat_vae_state(0, (64, 64, 128, 256), 1)}, path)  # 119 MB in fp32

@@ -17,8 +17,8 @@ from safetensors import safe_open
 
 from hallo_core.audio.decode import Audio, decode_audio
 from hallo_core.audio.vocal_separation import MdxParams, VocalSeparator, params_from_model_data, uvr_model_hash
+from hallo_core.dev.tiny_frontends import write_tiny_face_models, write_tiny_vocal_separator
 from hallo_core.errors import InputError, ModelFileError
-from hallo_core.tiny_frontends import write_tiny_face_models, write_tiny_vocal_separator
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 PORTRAITS = SHARED / "portraits"

@@ -14,13 +14,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .clip_windows import (MOTION_FRAMES, clip_audio, clip_frame_indices, clip_output_frames, new_frames_per_clip,
-                           num_clips, window_indices)
-from .decode import (DEFAULT_MAX_SECONDS, FPS, SAMPLE_RATE, Audio, check_not_silent, decode_audio, resample_channel,
-                     speech_16k_mono)
+from .clip_windows import (
+    MOTION_FRAMES,
+    clip_audio,
+    clip_frame_indices,
+    clip_output_frames,
+    new_frames_per_clip,
+    num_clips,
+    window_indices,
+)
+from .decode import (
+    DEFAULT_MAX_SECONDS,
+    FPS,
+    SAMPLE_RATE,
+    Audio,
+    check_not_silent,
+    decode_audio,
+    resample_channel,
+    speech_16k_mono,
+)
 from .vocal_separation import MdxParams, VocalSeparator, load_vocal_separator
-from .wav2vec_features import (FRAMES_PER_CLIP, AudioFeatures, Wav2VecEncoder, frame_count, frame_windows,
-                               load_wav2vec, padded_frame_count)
+from .wav2vec_features import (
+    FRAMES_PER_CLIP,
+    AudioFeatures,
+    Wav2VecEncoder,
+    frame_count,
+    frame_windows,
+    load_wav2vec,
+    padded_frame_count,
+)
 
 
 @dataclass

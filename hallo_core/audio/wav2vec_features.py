@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
 from ..errors import InputError, ModelFileError
-from ..quiet_loading import quiet_transformers
+from ..loading.quiet import quiet_transformers
 from .decode import FPS, SAMPLE_RATE
 
 FRAMES_PER_CLIP = 49
@@ -236,7 +236,7 @@ def load_wav2vec(model_dir: str | os.PathLike, *, device: str | torch.device = "
                 model, info = Wav2Vec2Model.from_pretrained(model_dir, local_files_only=True, use_safetensors=True,
                                                             output_loading_info=True)
             elif os.path.isfile(legacy):
-                from ..safe_pickle import load_torch_checkpoint
+                from ..loading.safe_pickle import load_torch_checkpoint
 
                 state = load_torch_checkpoint(legacy)
                 model, info = Wav2Vec2Model.from_pretrained(None, config=config, state_dict=dict(state),

@@ -16,12 +16,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .face_mask import (EXPAND_RATIO, MEDIAPIPE_TASK_FILE, FaceMask, MediaPipeSilhouette, build_face_mask,
-                        expand_region, find_mediapipe_task, mask_box, mediapipe_available)
-from .identity import (DETECTOR_FILE, EMBEDDING_DIM, LANDMARK_FILE, RECOGNIZER_FILE, Face, FaceAnalyzer, Identity,
-                       default_providers, find_face_model_dir, load_face_analyzer)
-from .reference_image import (VIDEO_SIZE, ReferenceImages, crop_output_frames, load_image, reference_images,
-                              resize_cover_crop, resize_square_padded)
+from .face_mask import (
+    EXPAND_RATIO,
+    MEDIAPIPE_TASK_FILE,
+    FaceMask,
+    MediaPipeSilhouette,
+    build_face_mask,
+    expand_region,
+    find_mediapipe_task,
+    mask_box,
+    mediapipe_available,
+)
+from .identity import (
+    DETECTOR_FILE,
+    EMBEDDING_DIM,
+    LANDMARK_FILE,
+    RECOGNIZER_FILE,
+    Face,
+    FaceAnalyzer,
+    Identity,
+    default_providers,
+    find_face_model_dir,
+    load_face_analyzer,
+)
+from .reference_image import (
+    VIDEO_SIZE,
+    ReferenceImages,
+    crop_output_frames,
+    load_image,
+    reference_images,
+    resize_cover_crop,
+    resize_square_padded,
+)
 
 
 @dataclass

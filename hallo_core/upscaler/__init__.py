@@ -10,21 +10,18 @@
 | `background` | background upsampling: RealESRGAN x2plus via spandrel or any `upscale_fn`, tiled; or Lanczos |
 | `image_ops` | OpenCV's warpAffine / Lanczos-4 / erode / GaussianBlur conventions as torch functions |
 | `video_io` | `upscale_video_file(in, out, ...)`: PyAV decode -> upscaler -> H.264 MP4 with the source audio |
-| `parity` | `run_upscaler_parity(weights, io, config)`: the network against an official-code golden |
-
-The network itself is `hallo_core.models.temporal_codeformer.TemporalCodeFormer`.
+| `temporal_codeformer` | the network itself, `TemporalCodeFormer` |
 """
 
 from .background import BackgroundUpscaler, load_background_model
 from .face_alignment import ScrfdFaceDetector
 from .face_parsing import load_parsenet
-from .parity import run_upscaler_parity
 from .video import UpscaleSettings, VideoFaceUpscaler, output_size, window_plan
 from .video_io import upscale_video_file
 from .weights import load_temporal_codeformer
 
 __all__ = [
     "BackgroundUpscaler", "ScrfdFaceDetector", "UpscaleSettings", "VideoFaceUpscaler", "load_background_model",
-    "load_parsenet", "load_temporal_codeformer", "output_size", "run_upscaler_parity", "upscale_video_file",
+    "load_parsenet", "load_temporal_codeformer", "output_size", "upscale_video_file",
     "window_plan",
 ]

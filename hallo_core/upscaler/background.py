@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelFileError
-from ..safe_pickle import load_torch_checkpoint
-from ..state_dict import LazyStateDict
+from ..loading.safe_pickle import load_torch_checkpoint
+from ..loading.state_dict import LazyStateDict
 from .image_ops import resize_lanczos4
 
 UpscaleFn = Callable[[torch.Tensor], torch.Tensor]

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelFileError
-from ..safe_pickle import load_torch_checkpoint
-from ..state_dict import LazyStateDict, build_on_meta, materialize
+from ..loading.safe_pickle import load_torch_checkpoint
+from ..loading.state_dict import LazyStateDict, build_on_meta, materialize
 from .image_ops import gaussian_blur
 
 PARSING_HINT = ("use parsing_parsenet.pth (CodeFormer release v0.1.0 / facexlib; official path "

@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..models.temporal_codeformer import TemporalCodeFormer
 from .background import BackgroundUpscaler
 from .face_alignment import FACE_SIZE, FaceDetector, FaceTrack, align_faces, alignment_matrix, inverse_alignment
 from .face_parsing import ParseNet, parsing_mask
 from .paste_back import paste_face
+from .temporal_codeformer import TemporalCodeFormer
 
 WINDOW = 16  # frames per network call (training video_length)
 OVERLAP = 4  # context frames shared with the previous window

@@ -2,8 +2,8 @@
 
 The official file is a basicsr checkpoint `{"params_ema": state_dict, "params": state_dict}`; inference uses
 `params_ema` (video_sr.py:L142), so do we, falling back to `params`. A safetensors file holds the state dict itself.
-`.pth` files are read by the restricted unpickler (`hallo_core.safe_pickle`), memory-mapped; the model is built on
-the meta device and each tensor is put in place once, cast and moved (`hallo_core.state_dict.materialize`), so loading
+`.pth` files are read by the restricted unpickler (`hallo_core.loading.safe_pickle`), memory-mapped; the model is built on
+the meta device and each tensor is put in place once, cast and moved (`hallo_core.loading.state_dict.materialize`), so loading
 never holds two copies. Loading is strict: every one of the official keys with its shape, nothing else.
 
 `random_state_dict` makes the deterministic random weights of the test golden (tests/fixtures/upscaler/README.md).
@@ -18,9 +18,9 @@ from typing import Mapping
 import torch
 
 from ..errors import ModelFileError
-from ..models.temporal_codeformer import TemporalCodeFormer, TemporalCodeFormerConfig
-from ..safe_pickle import load_torch_checkpoint
-from ..state_dict import LazyStateDict, build_on_meta, materialize
+from ..loading.safe_pickle import load_torch_checkpoint
+from ..loading.state_dict import LazyStateDict, build_on_meta, materialize
+from .temporal_codeformer import TemporalCodeFormer, TemporalCodeFormerConfig
 
 WEIGHTS_HINT = "use hallo2/net_g.pth from the Hugging Face repo fudan-generative-ai/hallo2 (pretrained_models/hallo2/)"
 

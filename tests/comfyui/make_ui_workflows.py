@@ -73,7 +73,7 @@ def annotate(ui: dict) -> dict:
 
 
 def main() -> None:
-    from hallo_core.tiny_models import make_tiny_comfyui_models
+    from hallo_core.dev.tiny_models import make_tiny_comfyui_models
 
     comfy = harness.comfyui_path()
     if comfy is None:

@@ -31,7 +31,7 @@ OUR_NODES = {
 
 @pytest.fixture(scope="module")
 def hallo_server(comfyui_install, tmp_path_factory):
-    from hallo_core.tiny_models import make_tiny_comfyui_models
+    from hallo_core.dev.tiny_models import make_tiny_comfyui_models
 
     models = tmp_path_factory.mktemp("hallo_models")
     make_tiny_comfyui_models(models)
@@ -90,7 +90,7 @@ def test_the_six_nodes_are_registered_with_their_inputs(hallo_server):
 
 @pytest.mark.parametrize("name", ["hallo3_portrait_to_video", "hallo3_long_video_segments", "hallo3_long_video_4k"])
 def test_api_workflow_runs_on_tiny_models(hallo_server, tmp_path, name):
-    from hallo_core.video_io import probe
+    from hallo_core.media.video import probe
 
     result = hallo_server.run(_workflow(name), timeout=1500)
     assert result["status"] == "success", json.dumps(result["data"])[:2000]

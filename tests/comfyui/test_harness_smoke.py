@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 import core_graphs
 import harness
+import pytest
 
 CORE_NODES = ("LoadImage", "LoadAudio", "CreateVideo", "SaveVideo", "PreviewImage", "SaveImage", "ImageScale",
               "UpscaleModelLoader", "ImageUpscaleWithModel")

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import sys
 
-import pytest
-
 import capture_frontend_graphs
 import extract_node_specs
 import harness
+import pytest
 
 sys.path.insert(0, str(harness.REPO / "tests"))
 import workflow_validation as wv  # noqa: E402

@@ -6,8 +6,8 @@ import sys
 
 import torch  # noqa: F401  (imported before the baseline)
 
-from hallo_core.host_memory import HostMemoryPeak
-from hallo_core.transformer_checkpoint import load_transformer
+from hallo_core.dev.host_memory import HostMemoryPeak
+from hallo_core.hallo3.checkpoint import load_transformer
 
 
 def main(path: str) -> None:

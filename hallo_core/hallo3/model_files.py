@@ -1,0 +1,70 @@
+"""Where each model file is: the official `pretrained_models/` download, or single files picked in ComfyUI.
+
+Official layout (`hf download fudan-generative-ai/hallo3 --local-dir pretrained_models`, hallo3_spec.md section 7):
+
+    pretrained_models/
+      hallo3/latest, hallo3/1/mp_rank_00_model_states.pt      main transformer + reference network (SAT container)
+      cogvideox-5b-i2v-sat/vae/3d-vae.pt                      CogVideoX VAE
+      t5-v1_1-xxl/                                            T5 v1.1 XXL encoder + tokenizer
+      wav2vec/wav2vec2-base-960h/                             wav2vec2 audio encoder
+      face_analysis/models/*.onnx                             InsightFace antelopev2 (detector, ArcFace, landmarks)
+      audio_separator/Kim_Vocal_2.onnx                        MDX-Net vocal separator
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import ModelFileError
+
+DOWNLOAD_HINT = "hf download fudan-generative-ai/hallo3 --local-dir pretrained_models"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    transformer: str  # official container (folder or .pt) or our safetensors file
+    reference: str  # the same container, or our reference safetensors file
+    vae: str
+    text_encoder: str
+    wav2vec: str
+    face_models: str
+    vocal_separator: str | None = None
+    face_landmarker: str | None = None  # MediaPipe .task, optional
+
+    @classmethod
+    def from_pretrained_dir(cls, root: str | os.PathLike) -> "ModelFiles":
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise ModelFileError(f"models folder not found: {root} (download with: {DOWNLOAD_HINT})")
+
+        def need(relative: str, what: str, is_dir: bool = False) -> str:
+            path = os.path.join(root, relative)
+            if not (os.path.isdir(path) if is_dir else os.path.isfile(path)):
+                raise ModelFileError(f"{what} missing: expected {path} (download with: {DOWNLOAD_HINT})")
+            return path
+
+        def optional(relative: str) -> str | None:
+            path = os.path.join(root, relative)
+            return path if os.path.exists(path) else None
+
+        hallo3 = need("hallo3/latest", "Hallo3 transformer weights")
+        container = os.path.dirname(hallo3)
+        return cls(
+            transformer=container,
+            reference=container,
+            vae=need("cogvideox-5b-i2v-sat/vae/3d-vae.pt", "CogVideoX VAE"),
+            text_encoder=need("t5-v1_1-xxl", "T5 text encoder", is_dir=True),
+            wav2vec=need("wav2vec/wav2vec2-base-960h", "wav2vec2 audio encoder", is_dir=True),
+            face_models=need("face_analysis/models", "InsightFace face models", is_dir=True),
+            vocal_separator=optional("audio_separator/Kim_Vocal_2.onnx"),
+            face_landmarker=optional("face_analysis/models/face_landmarker_v2_with_blendshapes.task"),
+        )
+
+    def require_vocal_separator(self) -> str:
+        if self.vocal_separator is None or not os.path.isfile(self.vocal_separator):
+            raise ModelFileError(
+                "vocal separation needs audio_separator/Kim_Vocal_2.onnx in the models folder "
+                f"(download with: {DOWNLOAD_HINT}), or turn it off with --no-vocal-separation"
+            )
+        return self.vocal_separator

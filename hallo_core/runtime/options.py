@@ -1,0 +1,139 @@
+"""Engine options, resolved in one place for the command line, the ComfyUI nodes and the benchmarks.
+
+A user picks names: a precision (`auto`, `bf16`, `fp16`, `fp32`, `fp8_e4m3fn`), a memory preset (`full`, `balanced`,
+`low`), an attention kernel and whether to compile. `EngineOptions.resolve` turns them into what the engine does:
+the compute dtype, which weights are stored in fp8, whether transformer blocks stream from host memory, whether
+models stay on the device between phases.
+
+Memory presets:
+* `full`: every model stays on the device after its first use (fastest when it all fits);
+* `balanced` (default): a model is on the device only while its phase runs; same numbers as `full`;
+* `low`: as `balanced`, and the large networks keep their matrices in fp8 (upcast per layer) with the transformer's
+  blocks streamed from pinned host memory one block ahead (on CUDA); changes the numbers by fp8 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import InputError
+
+# Storage and compute dtypes by the one name each has everywhere (CLI, nodes, convert, docs).
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8_e4m3fn": torch.float8_e4m3fn}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn")
+MEMORY_PRESETS = ("balanced", "full", "low")
+ATTENTION_CHOICES = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+def dtype_from_name(name: str, what: str = "dtype", allowed: tuple[str, ...] | None = None) -> torch.dtype:
+    allowed = allowed or tuple(DTYPES)
+    if name not in allowed:
+        raise InputError(f"unknown {what} '{name}'; choose one of {', '.join(allowed)}")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return DTYPE_NAMES[dtype]
+
+
+def default_compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs (as the official code), fp32 on CPUs (where bf16 matmuls are slow and add nothing)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a memory preset means for the models."""
+
+    keep_resident: bool  # models stay on the device between phases
+    fp8_storage: bool  # large networks' matrices stored in fp8
+    stream_blocks: bool  # transformer blocks streamed from host memory (CUDA only)
+
+
+MEMORY_PLANS = {
+    "full": MemoryPlan(keep_resident=True, fp8_storage=False, stream_blocks=False),
+    "balanced": MemoryPlan(keep_resident=False, fp8_storage=False, stream_blocks=False),
+    "low": MemoryPlan(keep_resident=False, fp8_storage=True, stream_blocks=True),
+}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs; independent of what is rendered (steps, seed, ... are render settings)."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32  # compute dtype
+    memory: str = "balanced"
+    fp8_storage: bool = False
+    attention: str = "auto"
+    compile: bool = False
+    fp8_matmul: bool = False
+
+    @classmethod
+    def resolve(cls, device: str | torch.device | None = None, precision: str = "auto", memory: str = "balanced",
+                attention: str = "auto", compile: bool = False, fp8_matmul: bool = False) -> "EngineOptions":
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if precision not in PRECISIONS:
+            raise InputError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+        if memory not in MEMORY_PLANS:
+            raise InputError(f"unknown memory preset '{memory}'; choose one of {', '.join(MEMORY_PRESETS)}")
+        if attention not in ATTENTION_CHOICES:
+            raise InputError(f"unknown attention kernel '{attention}'; choose one of {', '.join(ATTENTION_CHOICES)}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or install "
+                             "a CUDA build of PyTorch")
+        plan = MEMORY_PLANS[memory]
+        compute = default_compute_dtype(device) if precision in ("auto", "fp8_e4m3fn") else DTYPES[precision]
+        return cls(device=device, dtype=compute, memory=memory, fp8_storage=plan.fp8_storage or
+                   precision == "fp8_e4m3fn", attention=attention, compile=compile, fp8_matmul=fp8_matmul)
+
+    @property
+    def plan(self) -> MemoryPlan:
+        return MEMORY_PLANS[self.memory]
+
+    @property
+    def keep_resident(self) -> bool:
+        return self.plan.keep_resident
+
+    @property
+    def stream_blocks(self) -> bool:
+        return self.plan.stream_blocks and self.device.type == "cuda"
+
+    def identity(self) -> dict:
+        """What of these options changes a frame (part of a render key)."""
+        return {"dtype": dtype_name(self.dtype), "fp8_storage": self.fp8_storage, "fp8_matmul": self.fp8_matmul,
+                "compile": self.compile, "device": self.device.type}
+
+
+def check_number(name: str, value: float, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """A finite number within [low, high] (open ends where asked), or a one-line InputError naming the range."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    below = low is not None and (number <= low if low_open else number < low)
+    above = high is not None and (number >= high if high_open else number > high)
+    if not math.isfinite(number) or below or above:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        span = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+        raise InputError(f"{name} must be a finite number in {span}, got {value}")
+    return number
+
+
+def check_integer(name: str, value: int, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if float(value) != int(value):
+                raise ValueError
+            value = int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"{name} must be a whole number, got {value!r}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise InputError(f"{name} must be between {low} and {high}, got {value}")
+    return value
