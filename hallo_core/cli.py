@@ -28,15 +28,6 @@ def _convert(args) -> int:
     return 0
 
 
-def _torch_dtype(name: str | None):
-    import torch
-
-    table = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name not in table:
-        raise HalloError(f"unknown --dtype {name}; choose bf16, fp16 or fp32")
-    return table[name]
-
-
 class _ProgressBar:
     """tqdm bar over all denoising steps of the render, with the clip in the description."""
 
@@ -61,36 +52,44 @@ class _ProgressBar:
 
 
 def _generate(args) -> int:
+    from .backbones import load_backbone
     from .generate import generate
-    from .hallo3.denoiser import SeparateGuidance
-    from .hallo3.pipeline import RenderSettings
-    from .render.motion import MotionOptions
+    from .runtime.options import EngineOptions
 
-    try:
-        motion = MotionOptions(frames=args.motion_frames, pixel_dropout=args.motion_dropout,
-                               drop_patch=args.motion_drop_patch, noise_std=args.motion_noise,
-                               protect_face=args.protect_face, carry_latents=args.carry_latents)
-    except ValueError as exc:
-        raise HalloError(str(exc)) from None
-    guidance = None
-    if args.text_cfg is not None or args.audio_cfg is not None or args.ref_cfg is not None:
-        guidance = SeparateGuidance(text=args.cfg if args.text_cfg is None else args.text_cfg,
-                                    audio=args.cfg if args.audio_cfg is None else args.audio_cfg,
-                                    reference=args.ref_cfg)
-    settings = RenderSettings(steps=args.steps, cfg_scale=args.cfg, seed=args.seed, motion=motion,
-                              step_cache=args.step_cache, guidance=guidance)
+    options = EngineOptions.resolve(args.device, args.precision, args.memory, args.attention, args.compile,
+                                    args.fp8_matmul)
+    backbone = load_backbone(args.models, options, args.backbone, require_vocal_separator=not args.no_vocal_separation)
+    settings = backbone.default_settings().with_overrides(backbone.name, motion=_given(
+        frames=args.motion_frames, pixel_dropout=args.motion_dropout, drop_patch=args.motion_drop_patch,
+        noise_std=args.motion_noise, protect_face=args.protect_face, carry_latents=args.carry_latents),
+        **_given(steps=args.steps, cfg_scale=args.cfg, seed=args.seed, step_cache=args.step_cache,
+                 guidance=_separate_guidance(args), pose_weight=args.pose_weight,
+                 expression_weight=args.expression_weight, lip_weight=args.lip_weight))
     result = generate(
-        image=args.image, audio=args.audio, out=args.out, models=args.models, prompt=args.prompt,
-        settings=settings, device=args.device, dtype=_torch_dtype(args.dtype),
+        image=args.image, audio=args.audio, out=args.out, models=backbone, prompt=args.prompt, settings=settings,
         separate_vocals=not args.no_vocal_separation, render_dir=args.render_dir, keep_render=args.keep_render,
-        residency=args.residency, progress=_ProgressBar(), compile_blocks=args.compile, fp8_matmul=args.fp8_matmul,
-        attention=args.attention,
+        progress=_ProgressBar(),
     )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     resumed = f", {result.resumed_clips} resumed" if result.resumed_clips else ""
-    print(f"{result.path}: {result.frames} frames at 25 fps, {result.clips} clips{resumed}")
+    print(f"{result.path}: {result.frames} frames at 25 fps, {result.clips} clips{resumed} ({result.backbone})")
     return 0
+
+
+def _given(**values) -> dict:
+    """The options the user gave (argparse leaves the others None): the rest keep the backbone's official values."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _separate_guidance(args):
+    if args.text_cfg is None and args.audio_cfg is None and args.ref_cfg is None:
+        return None
+    from .hallo3.denoiser import SeparateGuidance
+
+    cfg = 3.5 if args.cfg is None else args.cfg
+    return SeparateGuidance(text=cfg if args.text_cfg is None else args.text_cfg,
+                            audio=cfg if args.audio_cfg is None else args.audio_cfg, reference=args.ref_cfg)
 
 
 def _make_tiny_models(args) -> int:
@@ -104,7 +103,7 @@ def _make_tiny_models(args) -> int:
 
 
 def _upscale(args) -> int:
-    from .upscaler.video_io import upscale_video_file
+    from .upscaler.video_file import upscale_video_file
 
     if (args.scale is None) == (args.long_side is None):
         args.scale = None if args.long_side else 4.0
@@ -117,6 +116,14 @@ def _upscale(args) -> int:
     print(f"{summary['out']}: {summary['frames']} frames at {summary['fps']:g} fps "
           f"(faces in {summary['faces_detected']} frames)")
     return 0
+
+
+GENERATE_EPILOG = """example:
+  python -m hallo_core generate --image portrait.jpg --audio speech.wav --models pretrained_models \\
+      --prompt "A woman talking on a beach at sunset" --out talking.mp4
+
+Re-running the same command after an interruption resumes from the last finished clip.
+Exit status: 0 done; 2 a problem with an input or option (one line saying what to fix); 130 interrupted."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,43 +143,60 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", default="bf16", help="bf16 (default), fp16, fp32 or fp8_e4m3fn")
     convert.set_defaults(run=_convert)
 
-    gen = commands.add_parser("generate", help="portrait + speech -> talking-portrait MP4 with the speech")
-    gen.add_argument("--image", required=True, help="portrait (jpg/png/webp...; 3:2 or square works best)")
+    gen = commands.add_parser("generate", help="portrait + speech -> talking-portrait MP4 with the speech",
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GENERATE_EPILOG)
+    gen.add_argument("--image", required=True, help="portrait (jpg/png/webp...; Hallo3: 3:2 or square; Hallo/"
+                                                    "Hallo2: square, other shapes are cropped around the face)")
     gen.add_argument("--audio", required=True, help="speech (wav/mp3/flac/m4a/ogg, or a video's audio track)")
-    gen.add_argument("--prompt", default="", help="scene description, e.g. 'A woman talking on a beach'")
-    gen.add_argument("--models", required=True, help="the official pretrained_models/ folder")
+    gen.add_argument("--prompt", default="", help="scene description (Hallo3), e.g. 'A woman talking on a beach'")
+    gen.add_argument("--models", required=True, help="an official pretrained_models/ folder")
+    gen.add_argument("--backbone", default=None, choices=["hallo3", "hallo", "hallo2"],
+                     help="which model to use when the models folder holds several (default: the one it holds)")
     gen.add_argument("--out", required=True, help="output .mp4")
-    gen.add_argument("--steps", type=int, default=50, help="sampling steps (official: 50)")
-    gen.add_argument("--seed", type=int, default=42)
-    gen.add_argument("--cfg", type=float, default=3.5, help="guidance scale (official: 3.5)")
+    gen.add_argument("--steps", type=int, default=None, help="sampling steps (official: Hallo3 50, Hallo/Hallo2 40)")
+    gen.add_argument("--seed", type=int, default=None, help="base seed (default 42)")
+    gen.add_argument("--cfg", type=float, default=None, help="guidance scale (official: 3.5)")
     gen.add_argument("--no-vocal-separation", action="store_true",
                      help="drive the model with the audio as is instead of the separated vocals")
-    gen.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
-    gen.add_argument("--dtype", default=None, help="bf16 (default on GPU), fp16 or fp32 (default on CPU)")
-    gen.add_argument("--residency", default="balanced", choices=["full", "balanced", "low"],
-                     help="full: every model stays on the GPU; balanced: only the running phase's model; low: "
-                          "also fp8 transformer weights and blocks streamed from host memory (24 GB GPUs)")
-    gen.add_argument("--text-cfg", type=float, default=None,
-                     help="separate text guidance scale (adds a third branch: 1.5x cost; default: official single cfg)")
-    gen.add_argument("--audio-cfg", type=float, default=None, help="separate audio guidance scale (with --text-cfg)")
-    gen.add_argument("--ref-cfg", type=float, default=None,
-                     help="reference (identity) guidance scale: a fourth branch without the reference tokens (2x)")
+    gen.add_argument("--device", default=None, help="cuda or cpu (default: cuda when PyTorch sees a GPU)")
+    gen.add_argument("--precision", "--dtype", dest="precision", default="auto",
+                     choices=["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"],
+                     help="auto: bf16 on a GPU (as the official code), fp32 on a CPU; fp8_e4m3fn stores the large "
+                          "networks' matrices in 8 bits")
+    gen.add_argument("--memory", "--residency", dest="memory", default="balanced", choices=["full", "balanced", "low"],
+                     help="full: every model stays on the GPU; balanced: only the running phase's model (same "
+                          "frames); low: also fp8 weights and blocks streamed from host memory")
     gen.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient", "math"],
                      help="PyTorch attention kernel (all exact; auto lets PyTorch choose)")
     gen.add_argument("--compile", action="store_true", help="torch.compile each transformer block (GPU; slow start)")
     gen.add_argument("--fp8-matmul", action="store_true",
                      help="fp8 x fp8 matmuls in the transformer blocks (Hopper/Ada GPUs; changes the result)")
-    gen.add_argument("--step-cache", type=float, default=0.0,
-                     help="first-block step cache threshold, e.g. 0.05 (faster, changes the result; 0 = off)")
+    hallo3 = gen.add_argument_group("Hallo3 only")
+    hallo3.add_argument("--step-cache", type=float, default=None,
+                        help="first-block step cache threshold, e.g. 0.05 (faster, changes the result; 0 = off)")
+    hallo3.add_argument("--text-cfg", type=float, default=None,
+                        help="separate text guidance scale (adds a third branch: 1.5x cost; default: official single "
+                             "cfg)")
+    hallo3.add_argument("--audio-cfg", type=float, default=None, help="separate audio guidance scale")
+    hallo3.add_argument("--ref-cfg", type=float, default=None,
+                        help="reference (identity) guidance scale: a fourth branch without the reference tokens (2x)")
+    unet = gen.add_argument_group("Hallo and Hallo2 only")
+    unet.add_argument("--pose-weight", type=float, default=None, help="how much the speech moves the head (1.0)")
+    unet.add_argument("--expression-weight", type=float, default=None,
+                      help="how much the speech drives the facial expression (1.0)")
+    unet.add_argument("--lip-weight", type=float, default=None, help="how much the speech drives the lips (1.0)")
     gen.add_argument("--render-dir", default=None, help="where finished clips are kept (default: OUT.render/)")
     gen.add_argument("--keep-render", action="store_true", help="keep the render directory after success")
-    gen.add_argument("--motion-frames", type=int, default=2, help="frames each clip continues from (official: 2)")
-    gen.add_argument("--motion-dropout", type=float, default=0.1, help="motion-frame pixel dropout (official: 0.1)")
-    gen.add_argument("--motion-drop-patch", type=int, default=1, help="Hallo2 patch-drop size in pixels (1 = off)")
-    gen.add_argument("--motion-noise", type=float, default=0.0, help="Hallo2 Gaussian noise on motion frames (0 = off)")
-    gen.add_argument("--protect-face", action="store_true", help="never drop motion pixels inside the face box")
-    gen.add_argument("--carry-latents", action="store_true",
-                     help="continue clips from latents instead of re-encoded frames (experimental)")
+    motion = gen.add_argument_group("motion frames (defaults: each backbone's official values)")
+    motion.add_argument("--motion-frames", type=int, default=None, help="frames each clip continues from (2)")
+    motion.add_argument("--motion-dropout", type=float, default=None,
+                        help="share of motion-frame pixels dropped (Hallo3 0.1, Hallo2 0.25, Hallo 0)")
+    motion.add_argument("--motion-drop-patch", type=int, default=None, help="Hallo2 patch-drop size in pixels (1 = off)")
+    motion.add_argument("--motion-noise", type=float, default=None, help="Hallo2 Gaussian noise on motion frames (0)")
+    motion.add_argument("--protect-face", action=argparse.BooleanOptionalAction, default=None,
+                        help="never drop motion pixels inside the face box (Hallo2: on)")
+    motion.add_argument("--carry-latents", action="store_true", default=None,
+                        help="Hallo3: continue clips from latents instead of re-encoded frames (experimental)")
     gen.set_defaults(run=_generate)
 
     up = commands.add_parser("upscale", help="Hallo2 temporal VQ face upscaling of a video (to 4K), with its audio")
@@ -195,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="speed and memory with random weights (full size on a GPU)")
     bench.add_argument("--size", default="tiny", choices=["tiny", "full"])
     bench.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
-    bench.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"])
+    bench.add_argument("--precision", "--dtype", dest="precision", default="auto",
+                       choices=["auto", "bf16", "fp16", "fp32"], help="compute dtype (auto: bf16 on a GPU, fp32 on a CPU)")
     bench.add_argument("--steps", type=int, default=5, help="timed denoising steps")
     bench.add_argument("--layers", type=int, default=None, help="fewer layers than the size's (e.g. full width, 8)")
     bench.add_argument("--load-only", action="store_true", help="only the load time and host memory measurement")

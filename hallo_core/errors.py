@@ -25,6 +25,10 @@ class InputError(HalloError):
     """An input image, audio file or option cannot be used as given."""
 
 
+class OutputError(HalloError):
+    """An output file or folder cannot be written (missing or read-only folder, full disk, a busy render folder)."""
+
+
 class RenderCancelled(HalloError):
     """The user (or ComfyUI) cancelled a render; finished clips are kept."""
 

@@ -1,71 +1,27 @@
 """`generate`: portrait + speech (+ prompt) -> MP4 at 25 fps with the speech, as long as the speech.
 
-Renders into a render directory (default `<out>.render/`) that keeps every finished clip, so re-running the same
-command after an interruption continues from the last finished clip; the MP4 is written at the end under a temporary
-name and renamed. The render directory is removed after success unless asked to keep it.
+The whole speech is one segment (render/segments.py) of the backbone the models folder holds. It renders into a
+render directory (default `<out>.render/`) that keeps every finished clip, so running the same command again after an
+interruption continues from the last finished clip; the MP4 is written at the end under a temporary name and renamed.
+The render directory is removed after success unless asked to keep it. Everything that can be checked is checked
+before the first model loads: the output path, the render folder, the image, the audio, the model files.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
-from typing import Callable
-
-import numpy as np
-import torch
+from typing import Any, Callable
 
 from .audio.decode import decode_audio
-from .face.reference_image import crop_output_frames, load_image
-from .hallo3.checkpoint import TransformerWeights
-from .hallo3.loaders import model_loaders
-from .hallo3.model_files import ModelFiles
-from .hallo3.pipeline import Hallo3Pipeline, RenderSettings
-from .media.video import Mp4Writer
-from .memory.residency import LocalModels
+from .backbones import load_backbone
+from .errors import OutputError
+from .face.reference_image import load_image
+from .media.video import check_output_path, folder_writable
+from .render.backbone import Backbone
 from .render.progress import ProgressEvent, Reporter
-from .render.store import RenderStore
-from .runtime.attention import sdpa_kernel
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs (as the official code), fp32 on CPUs (where bf16 matmuls are slow and add nothing)."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def build_pipeline(files: ModelFiles, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                   residency: str = "balanced", compile_blocks: bool = False,
-                   fp8_matmul: bool = False, attention: str = "auto") -> Hallo3Pipeline:
-    device = torch.device(device)
-    dtype = dtype or default_dtype(device)
-    config = TransformerWeights(files.transformer, "main").config()
-    low = residency == "low"
-    loaders = model_loaders(files, config, dtype, fp8_storage=low, stream_blocks=low, compile_blocks=compile_blocks,
-                            fp8_matmul=fp8_matmul, attention_kernel=sdpa_kernel(attention))
-    return Hallo3Pipeline(LocalModels(loaders, device, residency), config, dtype=dtype, device=device)
-
-
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _model_identity(files: ModelFiles) -> dict:
-    """Cheap identity of the model files: path, size and modification time."""
-    identity = {}
-    for name, path in vars(files).items():
-        if path and os.path.exists(path):
-            stat = os.stat(path)
-            identity[name] = [os.path.abspath(path), stat.st_size, int(stat.st_mtime)]
-    return identity
-
-
-def render_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+from .render.segments import Segment
+from .runtime.options import EngineOptions
 
 
 @dataclass
@@ -75,64 +31,60 @@ class GenerateResult:
     clips: int
     resumed_clips: int
     notes: list[str]
+    backbone: str
+
+
+def check_render_folder(path: str) -> str:
+    """A render folder that exists and is writable, or can be created."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"the render folder {path} is a file; give a folder with --render-dir")
+    existing = path
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    if not folder_writable(existing):
+        raise OutputError(f"cannot create the render folder {path}: {existing} is not writable; give another "
+                          "folder with --render-dir")
+    return path
 
 
 def generate(
     image: str,
     audio: str,
     out: str,
-    models: str | ModelFiles,
+    models: str | Backbone,
     prompt: str = "",
-    settings: RenderSettings = RenderSettings(),
-    device: str = "cpu",
-    dtype: torch.dtype | None = None,
+    settings: Any = None,
+    options: EngineOptions | None = None,
     separate_vocals: bool = True,
     render_dir: str | None = None,
     keep_render: bool = False,
-    residency: str = "balanced",
     progress: Callable[[ProgressEvent], None] | None = None,
     cancel: Callable[[], bool] | None = None,
-    pipeline: Hallo3Pipeline | None = None,
-    compile_blocks: bool = False,
-    fp8_matmul: bool = False,
-    attention: str = "auto",
+    backbone: str | None = None,
 ) -> GenerateResult:
-    # Cheap checks first: a bad file is reported before any model is loaded.
+    """Render `audio` spoken by the portrait `image` into `out` (an .mp4). `models` is an official models folder (or
+    an already built backbone); `settings` default to the backbone's official ones."""
+    # Cheap checks first: a bad path or file is reported before any model is loaded.
+    out = check_output_path(out)
+    render_dir = check_render_folder(render_dir or os.path.splitext(out)[0] + ".render")
     original_audio = decode_audio(audio)
     image_rgb = load_image(image)
-    files = models if isinstance(models, ModelFiles) else ModelFiles.from_pretrained_dir(models)
-    if separate_vocals:
-        files.require_vocal_separator()
-    pipeline = pipeline or build_pipeline(files, device, dtype, residency, compile_blocks, fp8_matmul, attention)
+    model = models if not isinstance(models, (str, os.PathLike)) else load_backbone(
+        models, options or EngineOptions.resolve(), backbone, require_vocal_separator=separate_vocals)
+    settings = settings if settings is not None else model.default_settings()
     reporter = Reporter(progress, cancel)
 
     reporter(ProgressEvent("prepare", message="face and references"))
-    identity = pipeline.identity(image_rgb)
+    identity = model.prepare_identity(image_rgb)
     reporter(ProgressEvent("prepare", message="speech features"))
-    speech = pipeline.speech(original_audio, separate_vocals=separate_vocals)
-    plan = pipeline.plan(speech.total_frames, settings.motion)
-
-    key = render_key({
-        "image": _file_digest(image), "audio": _file_digest(audio), "prompt": prompt,
-        "settings": settings.as_dict(), "separate_vocals": separate_vocals, "models": _model_identity(files),
-        "dtype": str(pipeline.dtype), "device": pipeline.device.type,
-    })
-    store = RenderStore(render_dir or os.path.splitext(out)[0] + ".render", key,
-                        {"image": image, "audio": audio, "prompt": prompt, "clips": plan.num_clips,
-                         "frames": speech.total_frames})
-    resumed = 0
-    for clip in pipeline.render(identity, speech, prompt, settings, store=store, reporter=reporter):
-        resumed += clip.resumed
-
-    reporter(ProgressEvent("write", clips=plan.num_clips, message=out))
-    crop = identity.references.output_crop
-    waveform = speech.audio.samples.numpy()
-    with Mp4Writer(out, audio=(waveform, speech.audio.sample_rate)) as writer:
-        for index in range(plan.num_clips):
-            frames = store.clip_frames(index)
-            frames = crop_output_frames(torch.from_numpy(frames), crop, channels_last=True).numpy()
-            writer.write_all(np.ascontiguousarray(frames))
-    if not keep_render:
-        store.clear()
-    reporter(ProgressEvent("done", clips=plan.num_clips, message=out))
-    return GenerateResult(out, writer.frames, plan.num_clips, resumed, identity.notes + speech.notes)
+    speech = model.prepare_speech(original_audio, separate_vocals=separate_vocals)
+    segment = Segment(model, identity, speech, prompt, settings)
+    with segment.open_store(render_dir) as store:
+        result = segment.render(store, reporter)
+        frames = segment.write_mp4(store, out, reporter)
+        if not keep_render:
+            store.clear()
+    reporter(ProgressEvent("done", clips=len(segment.clips), message=out))
+    return GenerateResult(out, frames, len(segment.clips), result.resumed, identity.notes + speech.notes +
+                          result.notes, model.name)

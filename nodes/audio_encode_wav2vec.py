@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..hallo_core.render.clip_plan import ClipPlan
 from .hallo_types import CATEGORY, HalloAudioType, HalloModelType
 
 
@@ -29,8 +28,9 @@ class HalloAudioEncodeWav2Vec(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, audio, separate_vocals) -> io.NodeOutput:
-        speech = model.pipeline.speech(audio, separate_vocals=separate_vocals)
-        plan = ClipPlan(speech.total_frames, model.pipeline.frames_per_clip)
+        backbone = model.backbone
+        speech = backbone.prepare_speech(audio, separate_vocals=separate_vocals)
+        plan = backbone.plan(speech.total_frames, backbone.default_settings())
         summary = (f"{speech.audio.seconds:.2f} s of speech: {speech.total_frames} frames at 25 fps, "
                    f"{plan.num_clips} clips of {plan.new_frames_per_clip} frames")
         return io.NodeOutput(speech, ui=ui.PreviewText(summary))

@@ -97,29 +97,38 @@ class ComfyModels:
 
 
 class HalloModel:
-    """The value of a HALLO_MODEL: where the files are, the precision, and the pipeline that uses them."""
+    """The value of a HALLO_MODEL: a backbone whose models ComfyUI manages, its files and engine options."""
 
-    def __init__(self, files, config, dtype: torch.dtype, memory: str, storage_fp8: bool,
-                 upscaler: str | None = None, compile_blocks: bool = False, attention_kernel=None):
-        from ..hallo_core.hallo3.loaders import model_loaders
-        from ..hallo_core.hallo3.pipeline import Hallo3Pipeline
-
+    def __init__(self, backbone, models: ComfyModels, files, options, upscaler: str | None = None):
+        self.backbone = backbone
+        self.models = models
         self.files = files
-        self.config = config
-        self.dtype = dtype
-        self.memory = memory
+        self.options = options
         self.upscaler = upscaler
-        # fp8 weights are upcast by comfy.ops.manual_cast (ComfyUI's own casting), not by our casting layers.
-        loaders = model_loaders(files, config, dtype, fp8_storage=storage_fp8, weight_casting=False,
-                                compile_blocks=compile_blocks, onnx_device=mm.get_torch_device(),
-                                attention_kernel=attention_kernel)
-        tokens = config.text_length + config.latent_frames * config.tokens_per_frame + config.tokens_per_frame
-        element = torch.finfo(dtype).bits // 8
-        memory_required = {  # activations of one phase, beyond the weights (rough upper bounds)
-            "transformer": 2 * tokens * (config.mlp_dim + 4 * config.hidden_size) * element * 2,
-            "vae": 3 * 49 * 128 * config.pixel_size[0] * config.pixel_size[1] * element,
-        }
-        self.models = ComfyModels(loaders, memory_required,
-                                  cast_weights={"transformer", "reference_net"} if storage_fp8 else set(),
-                                  full_load=memory == "full")
-        self.pipeline = Hallo3Pipeline(self.models, config, dtype=dtype, device=mm.get_torch_device())
+
+    @property
+    def name(self) -> str:
+        return self.backbone.name
+
+
+def comfy_hallo3_model(files, options, upscaler: str | None = None, attention_kernel=None) -> HalloModel:
+    """Hallo3 with its models under ComfyUI's model management (fp8 storage cast by comfy.ops, not by ours)."""
+    from ..hallo_core.hallo3.backbone import Hallo3Backbone
+    from ..hallo_core.hallo3.checkpoint import TransformerWeights
+    from ..hallo_core.hallo3.loaders import model_loaders
+    from ..hallo_core.loading.file_identity import file_identity
+
+    config = TransformerWeights(files.transformer, "main").config()
+    loaders = model_loaders(files, config, options, weight_casting=False, onnx_device=mm.get_torch_device(),
+                            attention_kernel=attention_kernel)
+    tokens = config.text_length + config.latent_frames * config.tokens_per_frame + config.tokens_per_frame
+    element = torch.finfo(options.dtype).bits // 8
+    memory_required = {  # activations of one phase, beyond the weights (rough upper bounds)
+        "transformer": 2 * tokens * (config.mlp_dim + 4 * config.hidden_size) * element * 2,
+        "vae": 3 * 49 * 128 * config.pixel_size[0] * config.pixel_size[1] * element,
+    }
+    models = ComfyModels(loaders, memory_required,
+                         cast_weights={"transformer", "reference_net"} if options.fp8_storage else set(),
+                         full_load=options.keep_resident)
+    backbone = Hallo3Backbone(models, config, options, weights=file_identity(vars(files)))
+    return HalloModel(backbone, models, files, options, upscaler)

@@ -32,7 +32,7 @@ class HalloIdentityReference(io.ComfyNode):
     @classmethod
     def execute(cls, model, image, prompt, allow_no_face) -> io.NodeOutput:
         first = image[0] if image.dim() == 4 else image
-        conditioning = model.pipeline.identity(first, allow_no_face=allow_no_face)
+        conditioning = model.backbone.prepare_identity(first, allow_no_face=allow_no_face)
         identity = HalloIdentity(conditioning, prompt, tuple(first.shape[:2]))
         notes = "; ".join(conditioning.notes) or "one face found"
         return io.NodeOutput(identity, ui=ui.PreviewText(notes))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import comfy.model_management as mm
-import torch
 from comfy_api.latest import io
 
 from ..hallo_core.errors import ModelFileError
-from ..hallo_core.hallo3.checkpoint import TransformerWeights
 from ..hallo_core.hallo3.model_files import ModelFiles
+from ..hallo_core.runtime.options import EngineOptions
 from . import model_folders as folders
-from .comfy_models import HalloModel
+from .comfy_models import comfy_hallo3_model
 from .hallo_types import CATEGORY, HalloModelType
 
 PRECISIONS = ["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"]
@@ -132,13 +131,8 @@ class LoadHalloModel(io.ComfyNode):
                 lambda n: folders.resolve_file("audio_separator", n)),
         )
         upscaler_path = None if upscaler == folders.NONE else folders.resolve_file("upscale_models", upscaler)
-        device = mm.get_torch_device()
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
-            precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
-        storage_fp8 = precision == "fp8_e4m3fn" or memory == "low"
-        config = TransformerWeights(files.transformer, "main").config()
-        return io.NodeOutput(HalloModel(files, config, dtype, memory, storage_fp8, upscaler_path, compile,
-                                        _attention_kernel(attention)))
+        options = EngineOptions.resolve(mm.get_torch_device(), precision, memory, "auto", compile)
+        return io.NodeOutput(comfy_hallo3_model(files, options, upscaler_path, _attention_kernel(attention)))
 
 
 def _attention_kernel(choice: str):

@@ -1,13 +1,15 @@
-"""MotionFrameSampler: how the next DiTDenoise continues a previous segment (or starts from the portrait)."""
+"""MotionFrameSampler: how the next segment continues a previous one (or starts from the portrait), and its
+motion-frame options."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
 from ..hallo_core.errors import InputError
-from ..hallo_core.render.motion import MotionOptions
-from . import continuations
+from ..hallo_core.render.backbone import Continuation
 from .hallo_types import CATEGORY, HalloMotion, HalloMotionType
+
+OFFICIAL = "official"
 
 
 class HalloMotionFrameSampler(io.ComfyNode):
@@ -15,47 +17,58 @@ class HalloMotionFrameSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="HalloMotionFrameSampler",
-            display_name="MotionFrameSampler",
+            display_name="Hallo MotionFrameSampler",
             category=CATEGORY,
-            description="Takes the last frames of a previous segment (from DiTDenoise) as the motion frames of the "
-                        "next one. Without frames the next segment starts from the portrait. The defaults are the "
-                        "official ones; the Hallo2 options change the result.",
+            description="Continues a previous segment (its 'continuation': exact; or any frames: approximate) with "
+                        "these motion-frame options. Without either the next segment starts from the portrait. "
+                        "'official' values are the model's own (Hallo3: drop 10 %; Hallo2: 25 % outside the face; "
+                        "Hallo: none); the others change the result.",
             inputs=[
+                HalloMotionType.Input("continuation", optional=True,
+                                      tooltip="a denoise node's 'continuation': continues exactly"),
                 io.Image.Input("previous_frames", optional=True,
-                               tooltip="frames of the previous segment (DiTDenoise 'frames')"),
-                io.Int.Input("motion_frames", default=2, min=1, max=8, tooltip="official: 2"),
-                io.Float.Input("pixel_dropout", default=0.1, min=0.0, max=0.9, step=0.01,
-                               tooltip="share of motion-frame pixels dropped (official: 0.1)"),
+                               tooltip="frames of a video made elsewhere: continues approximately"),
+                io.Int.Input("motion_frames", default=2, min=1, max=8, tooltip="frames each clip continues from "
+                                                                               "(official: 2)"),
+                io.Float.Input("pixel_dropout", default=-1.0, min=-1.0, max=0.9, step=0.01,
+                               tooltip="share of motion-frame pixels dropped; -1: the model's official value"),
                 io.Int.Input("drop_patch", default=1, min=1, max=64,
                              tooltip="Hallo2 patch-drop: drop square patches of this size (1: single pixels)"),
                 io.Float.Input("noise_std", default=0.0, min=0.0, max=0.5, step=0.005,
                                tooltip="Hallo2 Gaussian noise on the motion frames (0: off)"),
-                io.Boolean.Input("protect_face", default=False,
-                                 tooltip="never drop pixels inside the portrait's face box"),
+                io.Combo.Input("protect_face", options=[OFFICIAL, "on", "off"], default=OFFICIAL,
+                               tooltip="never drop pixels inside the portrait's face box (official: Hallo2 on)"),
             ],
-            outputs=[HalloMotionType.Output(display_name="motion")],
+            outputs=[HalloMotionType.Output(display_name="motion",
+                                            tooltip="connect to the next denoise node's 'motion'")],
         )
 
     @classmethod
-    def execute(cls, motion_frames, pixel_dropout, drop_patch, noise_std, protect_face,
+    def execute(cls, motion_frames, pixel_dropout, drop_patch, noise_std, protect_face, continuation=None,
                 previous_frames=None) -> io.NodeOutput:
-        try:
-            options = MotionOptions(frames=motion_frames, pixel_dropout=pixel_dropout, drop_patch=drop_patch,
-                                    noise_std=noise_std, protect_face=protect_face)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        if continuation is not None and previous_frames is not None:
+            raise InputError("connect either a continuation (exact) or previous_frames (approximate), not both")
+        overrides = {"frames": motion_frames, "drop_patch": drop_patch, "noise_std": noise_std}
+        if pixel_dropout >= 0:
+            overrides["pixel_dropout"] = pixel_dropout
+        if protect_face != OFFICIAL:
+            overrides["protect_face"] = protect_face == "on"
+        if continuation is not None:
+            if continuation.continuation is None:
+                return io.NodeOutput(HalloMotion(overrides), ui=ui.PreviewText("starts from the portrait"))
+            frames = continuation.continuation.frames
+            if frames.shape[0] < motion_frames:
+                raise InputError(f"{motion_frames} motion frames needed, the previous segment kept "
+                                 f"{frames.shape[0]}; lower motion_frames")
+            note = (f"continues exactly from {continuation.continuation.end_frame / 25:.2f} s"
+                    if continuation.exact else "continues approximately")
+            return io.NodeOutput(HalloMotion(overrides, continuation.continuation, continuation.exact),
+                                 ui=ui.PreviewText(note))
         if previous_frames is None:
-            return io.NodeOutput(HalloMotion(options), ui=ui.PreviewText("starts from the portrait"))
+            return io.NodeOutput(HalloMotion(overrides), ui=ui.PreviewText("starts from the portrait"))
         if previous_frames.shape[0] < motion_frames:
-            raise InputError(f"{motion_frames} motion frames needed, the previous segment has "
-                             f"{previous_frames.shape[0]}; connect a longer segment or lower motion_frames")
-        found = continuations.lookup(previous_frames[-1])
-        if found is not None:
-            frames, end_frame = found
-            motion = HalloMotion(options, frames[-motion_frames:], exact=True, end_frame=end_frame)
-            note = f"continues exactly from frame {end_frame}"
-        else:
-            frames = previous_frames[-motion_frames:].permute(0, 3, 1, 2).float()
-            motion = HalloMotion(options, frames, exact=False)
-            note = "continues from the given frames (not a DiTDenoise output: approximate continuation)"
-        return io.NodeOutput(motion, ui=ui.PreviewText(note))
+            raise InputError(f"{motion_frames} motion frames needed, previous_frames has {previous_frames.shape[0]}; "
+                             "connect more frames or lower motion_frames")
+        frames = previous_frames[-motion_frames:].permute(0, 3, 1, 2).float()
+        note = "continues from frames made elsewhere: approximate (use a denoise node's continuation to be exact)"
+        return io.NodeOutput(HalloMotion(overrides, Continuation(frames, None), exact=False), ui=ui.PreviewText(note))

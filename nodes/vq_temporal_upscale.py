@@ -13,21 +13,18 @@ from fractions import Fraction
 import comfy.model_management as mm
 import comfy.utils
 import folder_paths
-import psutil
 import torch
 from comfy_api.latest import InputImpl, io
 
 from ..hallo_core.errors import InputError, ModelFileError
+from ..hallo_core.media.video import Mp4Writer, read_video_frames, video_frame_rate
 from ..hallo_core.upscaler.background import BackgroundUpscaler
-from ..hallo_core.upscaler.face_alignment import ScrfdFaceDetector
-from ..hallo_core.upscaler.face_parsing import load_parsenet
-from ..hallo_core.upscaler.video import UpscaleSettings, VideoFaceUpscaler, image_output_bytes, output_size
-from ..hallo_core.upscaler.video_io import read_video_frames, video_frame_rate, write_video
-from ..hallo_core.upscaler.weights import load_temporal_codeformer
+from ..hallo_core.upscaler.video import UpscaleSettings, output_size
+from ..hallo_core.upscaler.video_file import build_video_upscaler
 from . import model_folders as folders
-from .dit_denoise import IMAGE_MEMORY_SHARE, _output_connected
 from .hallo_types import CATEGORY, HalloModelType
 from .load_hallo_model import model_combo
+from .segment_node import check_image_output, output_connected
 
 TARGETS = ["scale", "1080p (long side 1920)", "4K (long side 3840)", "long side 4096"]
 _LONG_SIDE = {"1080p (long side 1920)": 1920, "4K (long side 3840)": 3840, "long side 4096": 4096}
@@ -87,16 +84,13 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
         long_side = _LONG_SIDE.get(target)
         settings = UpscaleSettings(scale=None if long_side else scale, target_long_side=long_side,
                                    fidelity_weight=fidelity_weight, face_upsample=face_upsample)
-        network = load_temporal_codeformer(model.upscaler, device=device, dtype=torch.float32)
-        detector = ScrfdFaceDetector(os.path.join(model.files.face_models, "scrfd_10g_bnkps.onnx"))
-        parsenet = None if parsing_model == folders.NONE else load_parsenet(
-            folders.resolve_file("upscale_models", parsing_model), device=device)
+        background = None
         if upscale_model is not None:
             upscale_model.to(device)
             background = BackgroundUpscaler.from_spandrel(upscale_model)
-        else:
-            background = BackgroundUpscaler.lanczos()
-        upscaler = VideoFaceUpscaler(network, detector, background, parsenet, settings, device)
+        parsing = None if parsing_model == folders.NONE else folders.resolve_file("upscale_models", parsing_model)
+        upscaler = build_video_upscaler(model.upscaler, os.path.join(model.files.face_models, "scrfd_10g_bnkps.onnx"),
+                                        settings, parsing, background, device)
 
         if images is not None:
             frames, height, width = list(images), images.shape[1], images.shape[2]
@@ -107,13 +101,10 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
             count = None
             frames = read_video_frames(source)
         out_h, out_w, _ = output_size(height, width, settings.scale, settings.target_long_side)
-        want_images = images is not None and _output_connected(cls.hidden.prompt, cls.hidden.unique_id, 0)
+        want_images = images is not None and output_connected(cls.hidden.prompt, cls.hidden.unique_id, 0)
         if want_images:
-            needed = image_output_bytes(count, height, width, settings.scale, settings.target_long_side)
-            if needed > IMAGE_MEMORY_SHARE * psutil.virtual_memory().available:
-                raise InputError(f"{count} frames at {out_w}x{out_h} take {needed / 2**30:.1f} GB as an IMAGE, more "
-                                 "than the free memory allows; connect a VIDEO instead of images and use the 'video' "
-                                 "output, which streams to a file")
+            check_image_output(count, out_h, out_w, "connect a VIDEO instead of images and use the 'video' output, "
+                               "which streams to a file")
 
         bar = comfy.utils.ProgressBar(count or 1, node_id=cls.hidden.unique_id)
         kept = []
@@ -130,6 +121,7 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"upscaled_{uuid.uuid4().hex[:12]}.mp4")
         fps = video_frame_rate(source) if video is not None else Fraction(25)
-        write_video(stream(), path, fps, audio_from=source if video is not None else None)
+        with Mp4Writer(path, fps=fps, audio_from=source if video is not None else None) as writer:
+            writer.write_all(stream())
         result = torch.stack(kept).float().div(255) if kept else torch.zeros(1, out_h, out_w, 3)
         return io.NodeOutput(result, InputImpl.VideoFromFile(path))

@@ -64,3 +64,20 @@ def cut_audio(source: Path, seconds: float, destination: Path) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return destination
+
+
+def tiny_backbone(models_dir, memory: str = "balanced", **options):
+    """The backbone of a tiny models folder on the CPU, as `generate` builds it."""
+    from hallo_core.backbones import load_backbone
+    from hallo_core.runtime.options import EngineOptions
+
+    return load_backbone(models_dir, EngineOptions.resolve("cpu", memory=memory, **options))
+
+
+def render_all(backbone, identity, speech, prompt, settings, clips=None, previous=None, store=None):
+    """Every clip of a render (or of `clips`), through the engine's clip loop."""
+    from hallo_core.render.engine import render_clips
+
+    plan = backbone.plan(speech.total_frames, settings)
+    video = backbone.prepare_video(identity, speech, prompt, settings)
+    return list(render_clips(backbone, video, plan, settings, clips, previous, store))

@@ -2,12 +2,10 @@
 
 import pytest
 import torch
-from conftest import cut_audio
+from conftest import cut_audio, render_all, tiny_backbone
 
-from hallo_core.generate import build_pipeline
+from hallo_core.hallo3.backbone import Hallo3Settings as RenderSettings
 from hallo_core.hallo3.checkpoint import fp8_storage, load_transformer
-from hallo_core.hallo3.model_files import ModelFiles
-from hallo_core.hallo3.pipeline import RenderSettings
 from hallo_core.memory.block_streaming import BlockStreamer
 from hallo_core.memory.weight_casting import CastingLinear, enable_weight_casting
 
@@ -19,11 +17,11 @@ def speech_file(portraits_dir, tmp_path_factory):
     return cut_audio(portraits_dir / "0003.wav", 2.5, tmp_path_factory.mktemp("audio") / "speech.wav")
 
 
-def _render(tiny_models, portraits_dir, speech_file, residency, settings=RenderSettings(steps=2, seed=11)):
-    pipeline = build_pipeline(ModelFiles.from_pretrained_dir(tiny_models), device="cpu", residency=residency)
-    identity = pipeline.identity(str(portraits_dir / "0003.jpg"))
-    speech = pipeline.speech(str(speech_file), separate_vocals=False)
-    frames = torch.cat([clip.frames for clip in pipeline.render(identity, speech, "a woman", settings)])
+def _render(tiny_models, portraits_dir, speech_file, memory, settings=RenderSettings(steps=2, seed=11)):
+    pipeline = tiny_backbone(tiny_models, memory)
+    identity = pipeline.prepare_identity(str(portraits_dir / "0003.jpg"))
+    speech = pipeline.prepare_speech(str(speech_file), separate_vocals=False)
+    frames = torch.cat([clip.frames for clip in render_all(pipeline, identity, speech, "a woman", settings)])
     return frames, pipeline.models
 
 

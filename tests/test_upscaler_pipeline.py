@@ -31,8 +31,8 @@ from hallo_core.upscaler.face_parsing import ParseNet, ParseNetConfig, parsing_m
 from hallo_core.upscaler.image_ops import erode, gaussian_blur, resize_lanczos4, warp_affine
 from hallo_core.upscaler.paste_back import paste_face
 from hallo_core.upscaler.temporal_codeformer import TemporalCodeFormerConfig
-from hallo_core.upscaler.video import UpscaleSettings, VideoFaceUpscaler, image_output_bytes, output_size, window_plan
-from hallo_core.upscaler.video_io import upscale_video_file
+from hallo_core.upscaler.video import UpscaleSettings, VideoFaceUpscaler, output_size, window_plan
+from hallo_core.upscaler.video_file import upscale_video_file
 from hallo_core.upscaler.weights import random_state_dict
 
 CPU = ["CPUExecutionProvider"]
@@ -170,7 +170,6 @@ def test_output_sizes():
         output_size(480, 720, 0.5)
     with pytest.raises(InputError, match="exactly one"):
         output_size(480, 720, 2, 2000)
-    assert image_output_bytes(100, 480, 720, 4) == 100 * 1920 * 2880 * 3 * 4
 
 
 def test_bad_inputs_are_refused():

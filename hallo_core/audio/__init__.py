@@ -7,6 +7,9 @@
 
 `prepare_speech` is the official order: separate vocals at 44.1 kHz, resample to 16 kHz as `ffmpeg -ar 16000`, mono
 mean, wav2vec2 features padded to whole 49-frame clips.
+
+Hallo / Hallo2 (SD1.5 UNet, 16-frame clips): `prepare_unet_speech` and `unet_clip_audio` (see `unet_windows`), with
+Hallo2's 60 s pieces as an option (`long_audio_pieces`).
 """
 
 from __future__ import annotations
@@ -33,11 +36,22 @@ from .decode import (
     resample_channel,
     speech_16k_mono,
 )
+from .long_audio_pieces import PIECE_SECONDS, Piece, encode_in_pieces, piece_frames, pydub_piece_bounds
+from .unet_windows import (
+    CLIP_FRAMES,
+    UnetSpeech,
+    prepare_unet_speech,
+    unet_clip_audio,
+    unet_num_clips,
+    unet_output_frames,
+    unet_window_rows,
+)
 from .vocal_separation import MdxParams, VocalSeparator, load_vocal_separator
 from .wav2vec_features import (
     FRAMES_PER_CLIP,
     AudioFeatures,
     Wav2VecEncoder,
+    encoder_input,
     frame_count,
     frame_windows,
     load_wav2vec,
@@ -66,9 +80,11 @@ def prepare_speech(audio: Audio, encoder: Wav2VecEncoder, separator: VocalSepara
 
 
 __all__ = [
-    "Audio", "AudioFeatures", "DEFAULT_MAX_SECONDS", "FPS", "FRAMES_PER_CLIP", "MOTION_FRAMES", "MdxParams",
-    "SAMPLE_RATE", "Speech", "VocalSeparator", "Wav2VecEncoder", "check_not_silent", "clip_audio",
-    "clip_frame_indices", "clip_output_frames", "decode_audio", "frame_count", "frame_windows", "load_vocal_separator",
-    "load_wav2vec", "new_frames_per_clip", "num_clips", "padded_frame_count", "prepare_speech", "resample_channel",
-    "speech_16k_mono", "window_indices",
+    "Audio", "AudioFeatures", "CLIP_FRAMES", "DEFAULT_MAX_SECONDS", "FPS", "FRAMES_PER_CLIP", "MOTION_FRAMES",
+    "MdxParams", "PIECE_SECONDS", "Piece", "SAMPLE_RATE", "Speech", "UnetSpeech", "VocalSeparator", "Wav2VecEncoder",
+    "check_not_silent", "clip_audio", "clip_frame_indices", "clip_output_frames", "decode_audio", "encode_in_pieces",
+    "encoder_input", "frame_count", "frame_windows", "load_vocal_separator", "load_wav2vec", "new_frames_per_clip",
+    "num_clips", "padded_frame_count", "piece_frames", "prepare_speech", "prepare_unet_speech", "pydub_piece_bounds",
+    "resample_channel", "speech_16k_mono", "unet_clip_audio", "unet_num_clips", "unet_output_frames",
+    "unet_window_rows", "window_indices",
 ]

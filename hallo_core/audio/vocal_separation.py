@@ -20,6 +20,9 @@ the same inference with onnxruntime and `torch.stft`. Every number below was rea
 | output | the primary stem ("Vocals") written as 16-bit WAV: `(x * 32767).astype(int16)` (truncation) | `write_audio_pydub` |
 | denoise / batch | off / 1 | `mdx_params` |
 
+Hallo and Hallo2 (the SD1.5-UNet backbones) pin audio-separator 0.17.2 instead, which differs only in having no
+amplification: a mix or vocals whose peak is below 0.6 are left as they are (`amplify_quiet=False`).
+
 The secondary stem (instrumental) that the library also computes is not needed and is skipped. When the official
 download's `mdx_model_data.json` lies beside the model, its entry for the file's UVR hash (MD5 of the last 10,000 KiB)
 supplies the model parameters, as the library does; otherwise Kim_Vocal_2's values above are used.
@@ -62,7 +65,7 @@ class MdxParams:
     overlap: float = 0.25
     sample_rate: int = 44100
     normalization_threshold: float = 0.9
-    amplification_threshold: float = 0.6
+    amplification_threshold: float | None = 0.6  # None: no amplification (audio-separator 0.17.2, Hallo / Hallo2)
 
     @property
     def trim(self) -> int:
@@ -121,7 +124,8 @@ class VocalSeparator:
     """Kim_Vocal_2 (MDX-Net) through onnxruntime; `separate(audio)` returns the vocals the official WAV holds."""
 
     def __init__(self, model_path: str | os.PathLike, *, providers: list[str] | None = None,
-                 device: str | torch.device | None = None, params: MdxParams | None = None):
+                 device: str | torch.device | None = None, params: MdxParams | None = None,
+                 amplify_quiet: bool = True):
         from ..face.identity import default_providers, require_onnxruntime
 
         path = os.fspath(model_path)
@@ -132,6 +136,8 @@ class VocalSeparator:
         ort = require_onnxruntime()
         self.path = path
         self.params, self.params_source = (params, "caller") if params is not None else params_from_model_data(path)
+        if not amplify_quiet:  # audio-separator 0.17.2 (Hallo, Hallo2)
+            self.params = replace(self.params, amplification_threshold=None)
         try:
             options = ort.SessionOptions()
             options.log_severity_level = 3
@@ -230,5 +236,6 @@ class VocalSeparator:
 
 
 def load_vocal_separator(model_path: str | os.PathLike, *, providers: list[str] | None = None,
-                         device: str | torch.device | None = None) -> VocalSeparator:
-    return VocalSeparator(model_path, providers=providers, device=device)
+                         device: str | torch.device | None = None, amplify_quiet: bool = True) -> VocalSeparator:
+    """Kim_Vocal_2 as Hallo3 runs it; `amplify_quiet=False` as Hallo and Hallo2 run it (audio-separator 0.17.2)."""
+    return VocalSeparator(model_path, providers=providers, device=device, amplify_quiet=amplify_quiet)

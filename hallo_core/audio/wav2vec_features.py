@@ -70,6 +70,21 @@ def padded_frame_count(frames: int, frames_per_clip: int = FRAMES_PER_CLIP) -> i
     return frames
 
 
+def encoder_input(values: np.ndarray, frames: int, fps: float = FPS) -> tuple[torch.Tensor, int]:
+    """(what wav2vec receives, audio_length): the normalised signal right-padded with zeros to `frames` frames.
+
+    `audio_length` is `frame_count` of the unpadded signal; the pad is `(frames - audio_length) * (16000 // fps)`
+    samples, as official (so the padded signal need not be exactly `frames * 640` samples long)."""
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    audio_length = frame_count(len(values), fps)
+    if frames < audio_length:
+        raise ValueError(f"{frames} frames cannot hold {audio_length} frames of audio")
+    signal = torch.from_numpy(values.copy())
+    if frames != audio_length:
+        signal = F.pad(signal, (0, int((frames - audio_length) * (SAMPLE_RATE // fps))))
+    return signal, audio_length
+
+
 def frame_windows(frames: torch.Tensor, radius: int = WINDOW_RADIUS) -> torch.Tensor:
     """(N, ...) -> (N, 2*radius+1, ...): frames i-radius .. i+radius for every i, indices clamped to [0, N-1]."""
     n = frames.shape[0]
@@ -114,12 +129,22 @@ class Wav2VecEncoder:
         if speech.size < SAMPLE_RATE / fps:
             raise InputError(f"the speech is {speech.size / SAMPLE_RATE * 1000:.1f} ms long, shorter than one video "
                              f"frame ({1000 / fps:.0f} ms); use a longer recording")
-        values = np.squeeze(self.feature_extractor(speech, sampling_rate=SAMPLE_RATE).input_values)
+        values = self.normalize(speech)
         audio_length = frame_count(len(values), fps)
         frames = padded_frame_count(audio_length, frames_per_clip)
-        signal = torch.from_numpy(np.asarray(values, dtype=np.float32))
-        if frames != audio_length:
-            signal = F.pad(signal, (0, int((frames - audio_length) * (SAMPLE_RATE // fps))))
+        return self.encode_normalized(values, frames, frames_per_clip=frames_per_clip, fps=fps)
+
+    def normalize(self, speech_16k: np.ndarray) -> np.ndarray:
+        """The feature extractor's zero-mean, unit-variance signal over the whole input, (n,) float32."""
+        values = self.feature_extractor(np.asarray(speech_16k, dtype=np.float32).reshape(-1),
+                                        sampling_rate=SAMPLE_RATE).input_values
+        return np.asarray(values, dtype=np.float32).reshape(-1)
+
+    def encode_normalized(self, values: np.ndarray, frames: int, *, frames_per_clip: int = FRAMES_PER_CLIP,
+                          fps: float = FPS) -> AudioFeatures:
+        """Features of an already normalised signal, zero-padded to `frames` video frames (official: the padding is
+        added to the normalised signal, `(frames - audio_length) * 640` zeros); `frames` >= its `audio_length`."""
+        signal, audio_length = encoder_input(values, frames, fps)
         return AudioFeatures(self.layer_features(signal[None], frames), audio_length, frames_per_clip, fps)
 
     @torch.no_grad()

@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,35 +33,18 @@ from ..hallo3.sampler import generator_noise, sample_vp_dpmpp_2m, sat_schedule
 from ..hallo3.step_cache import StepCache
 from ..hallo3.transformer import Hallo3Transformer
 from ..loading.safetensors_writer import write_safetensors
+from ..runtime.options import DTYPES, MEMORY_PRESETS
+from .bench_support import device_name, random_module, random_vae, sync
 from .host_memory import HostMemoryPeak
+from .preset_bench import preset_rows, run_preset_benchmark
 from .tiny_transformer import tiny_config
 
 NEW_SECONDS_PER_CLIP = 47 / 25
 OPTIONS = ("step_cache", "steps", "fp8_storage", "fp8_matmul", "attention", "compile")  # bench --options
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _random_model(config: Hallo3Config, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Hallo3Transformer:
     return random_module(lambda: Hallo3Transformer(config), device, dtype, seed)
-
-
-def random_module(build, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
-    """`build()`'s module with random weights (norm scales 1, the rest N(0, 0.02)) made directly on the device."""
-    with torch.device("meta"):
-        model = build().to(dtype)
-    model = model.to_empty(device=device)
-    generator = torch.Generator(device).manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim == 1 and name.endswith("weight"):
-                param.fill_(1.0)
-            else:
-                param.copy_(torch.randn(param.shape, generator=generator, device=device, dtype=torch.float32) * 0.02)
-    return model.eval()
 
 
 def _conditioning(model: Hallo3Transformer, device: torch.device, dtype: torch.dtype, seed: int = 1):
@@ -83,10 +65,10 @@ def _time_steps(denoiser: GuidedDenoiser, x: torch.Tensor, steps: int, device: t
     times = []
     denoiser(x, 0)  # warm-up
     for step in range(steps):
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         denoiser(x, step % denoiser.schedule.num_steps)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - started)
     return times
 
@@ -110,26 +92,6 @@ def _deviation(reference: torch.Tensor, other: torch.Tensor) -> dict:
             "psnr_db": float(10 * torch.log10(torch.tensor(4 * peak**2 / max(mse, 1e-20))))}
 
 
-def random_vae(size: str):
-    """The CogVideoX VAE (`full`: the 5B model's sizes, diffusers' defaults; `tiny`: the tiny models' sizes), with
-    diffusers' own random initialisation, in float32 on the CPU."""
-    from diffusers import AutoencoderKLCogVideoX
-
-    from ..hallo3.vae import CogVideoXVAE
-    from ..hallo3.vae_checkpoint import TINY_BLOCK_OUT_CHANNELS
-
-    with torch.random.fork_rng(devices=[]):  # the same weights every time, without reseeding the caller's RNG
-        torch.manual_seed(0)
-        if size == "full":
-            vae = AutoencoderKLCogVideoX()
-        else:
-            vae = AutoencoderKLCogVideoX(block_out_channels=TINY_BLOCK_OUT_CHANNELS, layers_per_block=1,
-                                         norm_num_groups=min(TINY_BLOCK_OUT_CHANNELS),
-                                         down_block_types=("CogVideoXDownBlock3D",) * 4,
-                                         up_block_types=("CogVideoXUpBlock3D",) * 4)
-    return CogVideoXVAE(vae.eval())
-
-
 def _vae_times(device: torch.device, dtype: torch.dtype, size: str, config: Hallo3Config) -> dict:
     wrapper = random_vae(size).to(device=device, dtype=dtype)
     height, width = config.pixel_size
@@ -141,10 +103,10 @@ def _vae_times(device: torch.device, dtype: torch.dtype, size: str, config: Hall
                       ("decode_s", lambda: wrapper.decode(latents))):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         run()
-        _sync(device)
+        sync(device)
         result[name] = time.perf_counter() - started
         if device.type == "cuda":
             result[name.replace("_s", "_peak_gpu_mb")] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -176,7 +138,7 @@ def run_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.dtype | 
     config = Hallo3Config() if size == "full" else tiny_config(32, 5 * 12 * 32)
     if layers is not None:
         config = dataclasses.replace(config, num_layers=layers)
-    record = {"size": size, "layers": config.num_layers, "device": _device_name(device),
+    record = {"size": size, "layers": config.num_layers, "device": device_name(device),
               "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "steps_timed": steps}
 
     model = _random_model(config, device, dtype)
@@ -251,10 +213,10 @@ def _compiled_option(model: Hallo3Transformer, device, conditioning, x, against_
     """Regional torch.compile: the first call's compile time, then the step time as a ratio to eager."""
     try:
         compiled = prepare_transformer(model, device, compile_blocks=True)
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         GuidedDenoiser(compiled, conditioning, sat_schedule(50))(x, 0)
-        _sync(device)
+        sync(device)
         return {"compile_s": time.perf_counter() - started, **against_default(compiled)}
     except Exception as error:  # noqa: BLE001 - e.g. no C compiler for inductor; the other figures still count
         return _failed(error)
@@ -268,22 +230,16 @@ def _failed(error: Exception) -> dict:
 def _time_cached(model, conditioning, steps: int, device: torch.device, threshold: float) -> dict:
     times = {}
     for name, cache in (("default", 0.0), ("cached", threshold)):
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         _sample(model, conditioning, steps, seed=3, cache=cache)
-        _sync(device)
+        sync(device)
         times[name] = time.perf_counter() - started
     return times
 
 
 def _weight_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} ({torch.get_num_threads()} threads)"
 
 
 def benchmark_row(record: dict, command: str) -> str:
@@ -311,13 +267,10 @@ def _known(listed: str, known: tuple[str, ...], flag: str) -> list[str]:
 
 
 def main(args) -> int:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
+    dtype = None if args.precision in (None, "auto") else DTYPES[args.precision]
     command = "python -m hallo_core bench " + " ".join(sys.argv[2:])
     if args.presets:
-        from ..memory.residency import RESIDENCY_PRESETS
-        from .preset_bench import preset_rows, run_preset_benchmark
-
-        presets = tuple(_known(args.presets, RESIDENCY_PRESETS, "--presets"))
+        presets = tuple(_known(args.presets, MEMORY_PRESETS, "--presets"))
         record = run_preset_benchmark(args.size, args.device, dtype, args.steps, presets,
                                       layers=args.layers, compile_blocks=args.compile)
         rows = preset_rows(record, command)

@@ -2,7 +2,7 @@
 
 Random weights of the four large models (main transformer, reference network, VAE, T5 encoder; full size or tiny)
 are made once in host memory. Each preset then renders the same one-clip video with `Hallo3Pipeline` and
-`LocalModels`, exactly as `generate --residency` does; only the small front-ends (InsightFace, wav2vec2) are replaced
+`LocalModels`, exactly as `generate --memory` does; only the small front-ends (InsightFace, wav2vec2) are replaced
 by fixed random conditioning, and T5's tokenizer by fixed token ids (neither is what a preset changes). Per preset:
 the peak GPU memory (allocated and reserved) of each phase, the phase's wall time including moving its model in,
 the median denoising step, and the decoded frames' deviation from the `full` preset's.
@@ -21,16 +21,18 @@ import torch
 from ..audio import Audio
 from ..audio.wav2vec_features import AudioFeatures
 from ..face.reference_image import ReferenceImages
+from ..hallo3.backbone import Hallo3Backbone, Hallo3Settings, IdentityConditioning, SpeechConditioning
 from ..hallo3.checkpoint import store_in_fp8
 from ..hallo3.config import Hallo3Config
 from ..hallo3.loaders import prepare_transformer
-from ..hallo3.pipeline import Hallo3Pipeline, IdentityConditioning, RenderSettings, SpeechConditioning
 from ..hallo3.reference_net import IdentityReferenceNet
 from ..hallo3.text_encoder import MAX_LENGTH, T5TextEncoder
 from ..hallo3.transformer import Hallo3Transformer
-from ..memory.residency import RESIDENCY_PRESETS, LocalModels
+from ..memory.residency import LocalModels
+from ..render.engine import render_clips
 from ..render.progress import Reporter
-from .bench import _device_name, _sync, random_module, random_vae
+from ..runtime.options import EngineOptions
+from .bench_support import device_name, random_module, random_vae, sync
 from .tiny_transformer import tiny_config
 
 WAV2VEC_LAYERS = 12
@@ -53,13 +55,13 @@ class MeasuredModels(LocalModels):
     @contextlib.contextmanager
     def use(self, name: str):
         cuda = self.device.type == "cuda"
-        _sync(self.device)
+        sync(self.device)
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
         with super().use(name) as model:
             yield model
-            _sync(self.device)
+            sync(self.device)
         phase = self.phases.setdefault(name, {"seconds": 0.0, "uses": 0, "peak_gpu_mb": 0.0, "reserved_gpu_mb": 0.0})
         phase["seconds"] += time.perf_counter() - started
         phase["uses"] += 1
@@ -105,9 +107,9 @@ def _sharing_copy(model: torch.nn.Module, build) -> torch.nn.Module:
     return copy.eval()
 
 
-def _loaders(host: dict, preset: str, dtype: torch.dtype, compile_blocks: bool = False) -> dict:
-    """The loaders `generate` builds for `preset` (model_loaders.py), over the in-memory random models."""
-    low = preset == "low"
+def _loaders(host: dict, options: EngineOptions) -> dict:
+    """The loaders `generate` builds for these options (hallo3/loaders.py), over the in-memory random models."""
+    low, dtype, compile_blocks = options.fp8_storage, options.dtype, options.compile
 
     def stored(name: str, build) -> torch.nn.Module:  # as loading stores it: fp8 matrices in `low`
         model = _sharing_copy(host[name], lambda: build(host[name].config))
@@ -115,7 +117,7 @@ def _loaders(host: dict, preset: str, dtype: torch.dtype, compile_blocks: bool =
 
     def load_transformer(device):
         model = stored("transformer", Hallo3Transformer)
-        stream = low and torch.device(device).type == "cuda"
+        stream = options.plan.stream_blocks and torch.device(device).type == "cuda"
         if not stream:
             model.to(device)
         return prepare_transformer(model, device, weight_casting=low, stream_blocks=stream,
@@ -130,7 +132,7 @@ def _loaders(host: dict, preset: str, dtype: torch.dtype, compile_blocks: bool =
             "vae": lambda device: host["vae"].to(device)}
 
 
-def _conditioning(pipeline: Hallo3Pipeline, seed: int = 5):
+def _conditioning(pipeline: Hallo3Backbone, seed: int = 5):
     config = pipeline.config
     generator = torch.Generator().manual_seed(seed)
     height, width = pipeline.frame_size
@@ -139,44 +141,47 @@ def _conditioning(pipeline: Hallo3Pipeline, seed: int = 5):
                                     ReferenceImages(full, full * 0.5, None), face_box=None)
     frames = pipeline.frames_per_clip
     layers = torch.randn(frames, WAV2VEC_LAYERS, config.audio_input_dim // (5 * WAV2VEC_LAYERS), generator=generator)
-    new_frames = frames - RenderSettings().motion.frames  # exactly one clip
+    new_frames = frames - Hallo3Settings().motion.frames  # exactly one clip
     speech = SpeechConditioning(AudioFeatures(layers, new_frames, frames_per_clip=frames),
                                 Audio(torch.zeros(1, 16000 * new_frames // 25), 16000))
     return identity, speech
 
 
 def run_preset_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None, steps: int = 4,
-                         presets: tuple[str, ...] = RESIDENCY_PRESETS, layers: int | None = None,
+                         presets: tuple[str, ...] = ("full", "balanced", "low"), layers: int | None = None,
                          compile_blocks: bool = False) -> dict:
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     config = Hallo3Config() if size == "full" else tiny_config(32, 5 * WAV2VEC_LAYERS * 32)
     if layers is not None:
         config = dataclasses.replace(config, num_layers=layers)
-    record = {"size": size, "layers": config.num_layers, "device": _device_name(device),
+    record = {"size": size, "layers": config.num_layers, "device": device_name(device),
               "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "steps": steps,
               "compile_blocks": compile_blocks, "presets": {}}
     host = _host_models(config, size, dtype, device)
     reference_frames = None
     for preset in presets:
         host["text_encoder"].clear_cache()  # each preset runs T5 itself
-        models = MeasuredModels(_loaders(host, preset, dtype, compile_blocks), device, preset)
-        pipeline = Hallo3Pipeline(models, config, dtype=dtype, device=device)
+        options = EngineOptions.resolve(device, _precision_name(dtype), preset, compile=compile_blocks)
+        models = MeasuredModels(_loaders(host, options), device, options.keep_resident)
+        pipeline = Hallo3Backbone(models, config, options)
         identity, speech = _conditioning(pipeline)
         step_times = []
 
         def on_event(event, step_times=step_times):
             if event.phase == "denoise":
-                _sync(device)
+                sync(device)
                 step_times.append(time.perf_counter())
 
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
-        clips = list(pipeline.render(identity, speech, "a person talking", RenderSettings(steps=steps),
-                                     reporter=Reporter(on_event)))
-        _sync(device)
+        settings = Hallo3Settings(steps=steps)
+        video = pipeline.prepare_video(identity, speech, "a person talking", settings)
+        clips = list(render_clips(pipeline, video, pipeline.plan(speech.total_frames, settings), settings,
+                                  reporter=Reporter(on_event)))
+        sync(device)
         frames = clips[0].frames
         result = {"render_s": time.perf_counter() - started, "phases": models.phases,
                   "peak_gpu_mb": max((p["peak_gpu_mb"] for p in models.phases.values()), default=0.0),
@@ -198,6 +203,12 @@ def run_preset_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.d
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return record
+
+
+def _precision_name(dtype: torch.dtype) -> str:
+    from ..runtime.options import dtype_name
+
+    return dtype_name(dtype)
 
 
 def preset_rows(record: dict, command: str) -> list[str]:

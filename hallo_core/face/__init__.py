@@ -7,6 +7,9 @@
     ref.images.full          # (1, 3, 480, 720) in [-1, 1] -> VAE (reference + motion frames)
     ref.images.masked        # (1, 3, 480, 720) in [-1, 1] -> VAE -> identity reference network
     crop_output_frames(frames, ref.images.output_crop)       # square inputs: back to square at the end
+
+Hallo / Hallo2 (SD1.5 UNet, square frames): `prepare_unet_reference(image, analyzer, frame_size=512)` gives the
+reference pixels, the embedding, the hierarchical masks and the face locator's input (see `unet_reference`).
 """
 
 from __future__ import annotations
@@ -18,15 +21,19 @@ import numpy as np
 
 from .face_mask import (
     EXPAND_RATIO,
+    LIP_IDS,
     MEDIAPIPE_TASK_FILE,
+    SILHOUETTE_IDS,
     FaceMask,
     MediaPipeSilhouette,
     build_face_mask,
     expand_region,
     find_mediapipe_task,
+    landmark_region,
     mask_box,
     mediapipe_available,
 )
+from .hierarchical_masks import HierarchicalMasks, build_hierarchical_masks, masks_from_landmarks
 from .identity import (
     DETECTOR_FILE,
     EMBEDDING_DIM,
@@ -48,6 +55,8 @@ from .reference_image import (
     resize_cover_crop,
     resize_square_padded,
 )
+from .square_reference import NON_SQUARE_MODES, SquareImage, make_square, unet_reference_pixels
+from .unet_reference import UnetReference, prepare_unet_reference
 
 
 @dataclass
@@ -81,9 +90,11 @@ def prepare_reference(image_rgb: np.ndarray, analyzer: FaceAnalyzer, *, size: tu
 
 
 __all__ = [
-    "DETECTOR_FILE", "EMBEDDING_DIM", "EXPAND_RATIO", "Face", "FaceAnalyzer", "FaceMask", "Identity", "LANDMARK_FILE",
-    "MEDIAPIPE_TASK_FILE", "MediaPipeSilhouette", "RECOGNIZER_FILE", "Reference", "ReferenceImages", "VIDEO_SIZE",
-    "build_face_mask", "crop_output_frames", "default_providers", "expand_region", "find_face_model_dir",
-    "find_mediapipe_task", "load_face_analyzer", "load_image", "mask_box", "mediapipe_available", "prepare_reference",
-    "reference_images", "resize_cover_crop", "resize_square_padded",
+    "DETECTOR_FILE", "EMBEDDING_DIM", "EXPAND_RATIO", "Face", "FaceAnalyzer", "FaceMask", "HierarchicalMasks",
+    "Identity", "LANDMARK_FILE", "LIP_IDS", "MEDIAPIPE_TASK_FILE", "MediaPipeSilhouette", "NON_SQUARE_MODES",
+    "RECOGNIZER_FILE", "Reference", "ReferenceImages", "SILHOUETTE_IDS", "SquareImage", "UnetReference", "VIDEO_SIZE",
+    "build_face_mask", "build_hierarchical_masks", "crop_output_frames", "default_providers", "expand_region",
+    "find_face_model_dir", "find_mediapipe_task", "landmark_region", "load_face_analyzer", "load_image", "make_square",
+    "mask_box", "masks_from_landmarks", "mediapipe_available", "prepare_reference", "prepare_unet_reference",
+    "reference_images", "resize_cover_crop", "resize_square_padded", "unet_reference_pixels",
 ]

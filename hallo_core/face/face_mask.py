@@ -17,6 +17,8 @@ Two ways to get the silhouette box:
 
 One deliberate difference: when the expanded box is wider (or taller) than the image, the official code ends up with
 a negative start index and numpy slicing fills only a strip at the far edge; here the box is clamped to the image.
+(The Hallo / Hallo2 hierarchical masks in `hierarchical_masks.py` reproduce that quirk instead: `landmark_region`
+gives the unclamped box, `box_mask` draws it with numpy's slicing.)
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ SILHOUETTE_IDS = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397
                   176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 # forehead edge = brow top - FOREHEAD_RATIO * (chin - brow top); calibrated on MediaPipe meshes (docs/face_mask.md)
 FOREHEAD_RATIO = 0.19
-_JAW, _BROWS = slice(0, 17), slice(17, 27)
+# MediaPipe face-mesh indices of the outer lip contour (the official Hallo `lip_ids`)
+LIP_IDS = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 146, 91, 181, 84, 17, 314, 405, 321, 375)
+_JAW, _BROWS, _OUTER_LIP = slice(0, 17), slice(17, 27), slice(48, 60)
 
 
 @dataclass
@@ -79,16 +83,26 @@ def _slide_inside(low: float, high: float, limit: int) -> tuple[float, float]:
     return low, high
 
 
+def landmark_region(points: np.ndarray, width: int, height: int,
+                    expand_ratio: float = EXPAND_RATIO) -> tuple[int, int, int, int]:
+    """The official box of a point set, unclamped: `np.round` of the min and max, then `expand_region`.
+
+    (x0, x1, y0, y1); x0 or y0 is negative when the expanded box is wider or taller than the image."""
+    pts = np.asarray(points, dtype=np.float64)
+    lo, hi = np.round(pts.min(0)), np.round(pts.max(0))
+    return expand_region([lo[0], hi[0], lo[1], hi[1]], width, height, expand_ratio)
+
+
 def mask_box(points: np.ndarray, width: int, height: int,
              expand_ratio: float = EXPAND_RATIO) -> tuple[int, int, int, int]:
     """Official `get_face_mask` box of a point set (silhouette landmarks), clamped to the image."""
-    pts = np.asarray(points, dtype=np.float64)
-    lo, hi = np.round(pts.min(0)), np.round(pts.max(0))
-    x0, x1, y0, y1 = expand_region([lo[0], hi[0], lo[1], hi[1]], width, height, expand_ratio)
+    x0, x1, y0, y1 = landmark_region(points, width, height, expand_ratio)
     return max(x0, 0), min(x1, width), max(y0, 0), min(y1, height)
 
 
 def box_mask(box: tuple[int, int, int, int], height: int, width: int) -> np.ndarray:
+    """uint8 (height, width), 255 in `mask[y0:y1, x0:x1]` with numpy's slicing (a negative start counts from the end,
+    as in the official code), 0 elsewhere."""
     x0, x1, y0, y1 = box
     mask = np.zeros((height, width), dtype=np.uint8)
     mask[y0:y1, x0:x1] = 255
@@ -106,8 +120,16 @@ def silhouette_from_landmarks_68(landmarks_68: np.ndarray) -> np.ndarray:
     return np.array([[x0, top], [x1, top], [x0, chin], [x1, chin]])
 
 
+def lip_from_landmarks_68(landmarks_68: np.ndarray) -> np.ndarray:
+    """The 12 outer-lip points (iBUG 48-59) of 68 landmarks (x, y): the same contour as MediaPipe's `LIP_IDS`."""
+    return np.asarray(landmarks_68, dtype=np.float64)[_OUTER_LIP, :2]
+
+
 class MediaPipeSilhouette:
-    """MediaPipe FaceLandmarker in IMAGE mode, as the official `get_landmark`; needs the `mediapipe` package."""
+    """MediaPipe FaceLandmarker in IMAGE mode, as the official `get_landmark`; needs the `mediapipe` package.
+
+    Calling it gives the 36 silhouette points; `landmarks` gives all 478 mesh points (the Hallo masks need the lips).
+    """
 
     def __init__(self, task_path: str | os.PathLike):
         import mediapipe as mp
@@ -122,15 +144,20 @@ class MediaPipeSilhouette:
         self._mp = mp
         self._landmarker = mp.tasks.vision.FaceLandmarker.create_from_options(options)
 
-    def __call__(self, image_rgb: np.ndarray) -> np.ndarray | None:
-        """(36, 2) silhouette landmarks in pixels, or None unless exactly one face is found (as official)."""
+    def landmarks(self, image_rgb: np.ndarray) -> np.ndarray | None:
+        """(478, 2) mesh landmarks in pixels (x * width, y * height), or None unless exactly one face is found (as
+        official)."""
         height, width = image_rgb.shape[:2]
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image_rgb))
         result = self._landmarker.detect(image)
         if len(result.face_landmarks) != 1:
             return None
-        points = result.face_landmarks[0]
-        return np.array([[points[i].x * width, points[i].y * height] for i in SILHOUETTE_IDS], dtype=np.float64)
+        return np.array([[p.x * width, p.y * height] for p in result.face_landmarks[0]], dtype=np.float64)
+
+    def __call__(self, image_rgb: np.ndarray) -> np.ndarray | None:
+        """(36, 2) silhouette landmarks in pixels, or None unless exactly one face is found (as official)."""
+        points = self.landmarks(image_rgb)
+        return None if points is None else points[list(SILHOUETTE_IDS)]
 
     def close(self) -> None:
         self._landmarker.close()

@@ -178,3 +178,15 @@ def crop_output_frames(frames: torch.Tensor, output_crop: tuple[int, int] | None
         return frames
     x0, width = output_crop
     return frames[..., x0:x0 + width, :] if channels_last else frames[..., x0:x0 + width]
+
+
+def uncrop_frames(frames: torch.Tensor, output_crop: tuple[int, int] | None,
+                  frame_size: tuple[int, int]) -> torch.Tensor:
+    """Frames (n, 3, h, w) cropped back to a square put back into the padded frame (black outside); frames already at
+    `frame_size` pass through. The inverse of `crop_output_frames` where the padding was black."""
+    height, width = frame_size
+    if frames.shape[-1] != width and output_crop is not None and frames.shape[-1] == output_crop[1]:
+        padded = frames.new_zeros(frames.shape[0], frames.shape[1], height, width)
+        padded[..., output_crop[0]:output_crop[0] + output_crop[1]] = frames
+        return padded
+    return frames

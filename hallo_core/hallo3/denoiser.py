@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..runtime.options import check_number
 from .sampler import Schedule, apply_cfg, v_to_x0
 from .step_cache import StepCache
 from .transformer import Hallo3Transformer, ReferenceKV
@@ -32,6 +33,12 @@ class SeparateGuidance:
     text: float = OFFICIAL_CFG_SCALE
     audio: float = OFFICIAL_CFG_SCALE
     reference: float | None = None
+
+    def __post_init__(self):
+        check_number("text cfg", self.text, 0.0, 100.0)
+        check_number("audio cfg", self.audio, 0.0, 100.0)
+        if self.reference is not None:
+            check_number("reference cfg", self.reference, 0.0, 100.0)
 
 
 @dataclass

@@ -12,7 +12,8 @@ from typing import Any, Callable
 import torch
 
 from ..errors import ModelFileError
-from ..runtime.attention import AttentionKernel, set_attention_kernel
+from ..runtime.attention import AttentionKernel, sdpa_kernel, set_attention_kernel
+from ..runtime.options import EngineOptions
 from .config import Hallo3Config
 from .model_files import ModelFiles
 
@@ -23,20 +24,19 @@ T5_PREFIX = "conditioner.embedders.0.transformer."
 def model_loaders(
     files: ModelFiles,
     config: Hallo3Config,
-    dtype: torch.dtype,
-    fp8_storage: bool = False,
+    options: EngineOptions,
     weight_casting: bool = True,
-    stream_blocks: bool = False,
-    compile_blocks: bool = False,
-    fp8_matmul: bool = False,
     onnx_device: torch.device | str | None = None,
     attention_kernel: AttentionKernel | None = None,
 ) -> dict[str, Callable[[torch.device], Any]]:
     """Loaders by name: transformer, reference_net, vae, text_encoder, wav2vec, face, separator.
 
-    `fp8_storage` keeps the transformers' matrices in fp8; `weight_casting` upcasts them per layer (ComfyUI does
-    that itself with comfy.ops); `stream_blocks` streams the main transformer's blocks from host memory on CUDA.
+    `options` (runtime/options.py) says the dtype, fp8 storage, block streaming, compile and fp8 matmul;
+    `weight_casting` upcasts fp8-stored matrices per layer (ComfyUI does that itself with comfy.ops);
+    `attention_kernel` overrides the kernel `options.attention` names (ComfyUI's optimized attention).
     """
+    dtype, fp8_storage = options.dtype, options.fp8_storage
+    kernel = attention_kernel or sdpa_kernel(options.attention)
     from ..audio.vocal_separation import load_vocal_separator
     from ..audio.wav2vec_features import load_wav2vec
     from ..face.identity import load_face_analyzer
@@ -50,12 +50,12 @@ def model_loaders(
     vae_source = container.source if container.carries(VAE_PREFIX) else files.vae
 
     def transformer(device: torch.device):
-        stream = stream_blocks and torch.device(device).type == "cuda"
+        stream = options.plan.stream_blocks and torch.device(device).type == "cuda"
         model = load_transformer(files.transformer, dtype=dtype, device="cpu" if stream else device, config=config,
                                  dtype_for=storage)
         return prepare_transformer(model, device, weight_casting=fp8_storage and weight_casting,
-                                   fp8_matmul=fp8_matmul, stream_blocks=stream, compile_blocks=compile_blocks,
-                                   attention_kernel=attention_kernel)
+                                   fp8_matmul=options.fp8_matmul, stream_blocks=stream,
+                                   compile_blocks=options.compile, attention_kernel=kernel)
 
     def reference_net(device: torch.device):
         model = load_reference_net(files.reference, dtype=dtype, device=device, config=config, dtype_for=storage)
@@ -111,3 +111,18 @@ def prepare_transformer(model: torch.nn.Module, device: torch.device | str, *, w
     if compile_blocks:
         model.compile_blocks()
     return model
+
+
+def local_hallo3_backbone(models_dir, options: EngineOptions, require_vocal_separator: bool = False):
+    """Hallo3 from an official `pretrained_models/` folder, its models managed by `LocalModels` (outside ComfyUI)."""
+    from ..loading.file_identity import file_identity
+    from ..memory.residency import LocalModels
+    from .backbone import Hallo3Backbone
+    from .checkpoint import TransformerWeights
+
+    files = ModelFiles.from_pretrained_dir(models_dir)
+    if require_vocal_separator:
+        files.require_vocal_separator()
+    config = TransformerWeights(files.transformer, "main").config()
+    models = LocalModels(model_loaders(files, config, options), options.device, options.keep_resident)
+    return Hallo3Backbone(models, config, options, weights=file_identity(vars(files)))

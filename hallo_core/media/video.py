@@ -1,13 +1,21 @@
-"""Video files with PyAV: the final MP4 (H.264 + AAC) and the lossless per-clip files of a render.
+"""Video files with PyAV: the one MP4 writer, the one frame reader, the lossless clip files of a render.
 
-* `Mp4Writer` streams frames into an H.264 (yuv420p) MP4 with the driving audio as AAC, trimmed to the video; it
-  writes under a temporary name and renames on success, so an interrupted run never leaves a half file.
-* Clip files hold a finished clip's uint8 frames losslessly (FFV1 in Matroska, ~2-4x smaller than raw), so a resumed
-  render reproduces the uninterrupted one exactly.
+* `Mp4Writer` streams uint8 RGB frames into an H.264 (yuv420p) MP4 with sound: either a waveform encoded as AAC and
+  trimmed to the video, or the audio stream of another file (copied packet for packet when MP4 can hold its codec,
+  otherwise re-encoded to AAC). It writes under a temporary name and renames on success, so a stopped or failed run
+  never leaves a half file under the real name. Odd frame sizes lose their last row or column (yuv420p needs even
+  sizes).
+* Clip files hold a finished clip's uint8 frames losslessly (FFV1 in Matroska, ~2-4x smaller than raw), written
+  atomically, so a resumed render reproduces the uninterrupted one exactly.
+* `read_video_frames` decodes any video file's first video stream; `probe` describes a file (tests and checks).
+
+Every failure to write (a missing or read-only folder, a full disk) is a one-line `OutputError` naming the path and
+the fix; the partial file is removed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from fractions import Fraction
 from typing import Iterable, Iterator
@@ -15,143 +23,318 @@ from typing import Iterable, Iterator
 import av
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 
-FPS = 25
+OUTPUT_SUFFIXES = (".mp4",)
+# Audio codecs the MP4 muxer takes as they are.
+MP4_AUDIO_CODECS = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}
 
 
-def _temporary(path: str) -> str:
+def partial_path(path: str) -> str:
+    """The temporary name a file is written under before its atomic rename: `name.partial.ext`."""
     root, ext = os.path.splitext(path)
     return f"{root}.partial{ext}"
 
 
-class Mp4Writer:
-    """`with Mp4Writer(path, audio=(waveform, rate)) as w: w.write(frame)`; frames are uint8 (H, W, 3) RGB.
+def write_failure(path: str, error: OSError) -> OutputError:
+    """A write error as the one line a user can act on."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "free some disk space (or write to another disk) and run the same command again"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose a folder you can write to"
+    else:
+        fix = "check the output location"
+    return OutputError(f"cannot write {path}: {error.strerror or error}; {fix}")
 
-    Audio (channels, samples) in [-1, 1] is encoded alongside the frames, so it is interleaved with the video and ends
-    exactly where the video ends.
+
+def check_output_path(path: str | os.PathLike, what: str = "output", suffixes: tuple[str, ...] = OUTPUT_SUFFIXES,
+                      ) -> str:
+    """Refuse, before any work, an output path that cannot be written: a folder, a missing or read-only folder, or
+    a name that does not end in one of `suffixes`. Returns the absolute path."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise OutputError(f"{what} {path} is a folder; give a file name such as {os.path.join(path, 'talking.mp4')}")
+    if suffixes and not path.lower().endswith(suffixes):
+        raise OutputError(f"{what} {path} must end in {' or '.join(suffixes)}")
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise OutputError(f"the folder of {what} {path} does not exist; create it first")
+    if not folder_writable(folder):
+        raise OutputError(f"cannot write into {folder} ({what} {os.path.basename(path)}); choose a folder you can "
+                          "write to")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise OutputError(f"{what} {path} exists and cannot be overwritten; choose another name")
+    return path
+
+
+def folder_writable(folder: str) -> bool:
+    """Whether a file can be created in `folder` (tried, not guessed from permission bits)."""
+    probe_path = os.path.join(folder, f".hallo_write_test_{os.getpid()}")
+    try:
+        with open(probe_path, "wb"):
+            pass
+        os.remove(probe_path)
+        return True
+    except OSError:
+        return False
+
+
+def _open(path, mode="r", **kwargs):
+    try:
+        return av.open(os.fspath(path), mode, **kwargs)
+    except (av.error.FileNotFoundError, FileNotFoundError):
+        if mode == "r":
+            raise InputError(f"video not found: {path}") from None
+        raise OutputError(f"the folder of {path} does not exist; create it first") from None
+    except av.error.FFmpegError as exc:
+        if mode == "r":
+            raise InputError(f"{path}: cannot open the video ({exc})") from None
+        raise write_failure(os.fspath(path), OSError(exc.errno, exc.strerror)) from None
+
+
+class _AudioFromFile:
+    """Another file's audio into the output: packets copied (MP4-compatible codecs) or decoded and re-encoded to AAC,
+    muxed as they come due so they interleave with the video."""
+
+    def __init__(self, source_path: str, output) -> None:
+        self.container = _open(source_path)
+        self.output = output
+        self.stream_out = None
+        self.pending: Iterator = iter(())
+        self._next = None
+        streams = self.container.streams.audio
+        if not streams:
+            return
+        stream_in = streams[0]
+        self.copy = stream_in.codec_context.name in MP4_AUDIO_CODECS
+        if self.copy:
+            self.stream_out = output.add_stream_from_template(stream_in)
+            self.pending = (p for p in self.container.demux(stream_in) if p.dts is not None)
+        else:
+            self.stream_out = output.add_stream("aac", rate=stream_in.rate)
+            self.stream_out.layout = stream_in.layout.name if stream_in.layout else "stereo"
+            self.resampler = av.AudioResampler(format="fltp", layout=self.stream_out.layout, rate=stream_in.rate)
+            self.pending = self.container.decode(stream_in)
+
+    def mux_until(self, seconds: float | None) -> None:
+        """Write every audio packet that starts before `seconds` (None: all the rest)."""
+        if self.stream_out is None:
+            return
+        while True:
+            if self._next is None:
+                self._next = next(self.pending, None)
+                if self._next is None:
+                    break
+            item = self._next
+            start = float(item.pts * item.time_base) if item.pts is not None else 0.0
+            if seconds is not None and start >= seconds:
+                return
+            self._next = None
+            if self.copy:
+                item.stream = self.stream_out
+                self.output.mux(item)
+            else:
+                for resampled in self.resampler.resample(item):
+                    self.output.mux(self.stream_out.encode(resampled))
+        if not self.copy:
+            self.output.mux(self.stream_out.encode(None))
+        self.stream_out = None
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class _AudioFromWaveform:
+    """A waveform (channels, samples) in [-1, 1] encoded as AAC, frame by frame as the video advances."""
+
+    def __init__(self, waveform, rate: int, output) -> None:
+        waveform = np.asarray(waveform, dtype=np.float32)
+        if waveform.ndim == 1:
+            waveform = waveform[None]
+        if waveform.shape[0] > 2:  # AAC for ordinary players: at most stereo
+            waveform = np.stack([waveform[0::2].mean(0), waveform[1::2].mean(0)])
+        self.waveform, self.rate = np.clip(waveform, -1.0, 1.0), int(rate)
+        self.output = output
+        layout = "mono" if self.waveform.shape[0] == 1 else "stereo"
+        self.stream = output.add_stream("aac", rate=self.rate, layout=layout)
+        self.cursor = 0
+
+    def mux_until(self, seconds: float | None, final: bool = False) -> None:
+        end = self.waveform.shape[1] if seconds is None else min(int(round(seconds * self.rate)),
+                                                                  self.waveform.shape[1])
+        frame_size = self.stream.codec_context.frame_size or 1024
+        while self.cursor < end and (final or self.cursor + frame_size <= end):
+            stop = min(self.cursor + frame_size, end)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(self.waveform[:, self.cursor:stop]),
+                                               format="fltp", layout=self.stream.layout.name)
+            frame.sample_rate = self.rate
+            frame.pts = self.cursor
+            frame.time_base = Fraction(1, self.rate)
+            for packet in self.stream.encode(frame):
+                self.output.mux(packet)
+            self.cursor = stop
+        if final:
+            for packet in self.stream.encode():
+                self.output.mux(packet)
+
+    def close(self) -> None:
+        pass
+
+
+class Mp4Writer:
+    """`with Mp4Writer(path, audio=(waveform, rate)) as w: w.write_all(frames)`; frames are uint8 (H, W, 3) RGB.
+
+    `audio` is a waveform (channels, samples) in [-1, 1] that ends where the video ends; `audio_from` instead takes
+    the audio of another media file (the upscaler keeps its input's sound). Progress: `frames` counts frames written.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: int = FPS, audio: tuple[np.ndarray, int] | None = None,
-                 crf: int = 18, preset: str = "medium"):
+    def __init__(self, path: str | os.PathLike, fps: float | Fraction = 25, audio: tuple[np.ndarray, int] | None = None,
+                 audio_from: str | os.PathLike | None = None, crf: int = 18, preset: str = "medium"):
+        if audio is not None and audio_from is not None:
+            raise ValueError("give audio or audio_from, not both")
         self.path = os.fspath(path)
-        self.fps = fps
+        self.fps = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
         self.crf, self.preset = crf, preset
         self.frames = 0
+        self._audio_input = audio
+        self._audio_from = os.fspath(audio_from) if audio_from is not None else None
         self._container = None
         self._video = None
         self._audio = None
-        self._audio_cursor = 0
-        self._waveform, self._rate = _prepare_audio(*audio) if audio is not None else (None, None)
 
     def __enter__(self) -> "Mp4Writer":
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
-            raise InputError(f"output folder does not exist: {directory}")
-        self._container = av.open(_temporary(self.path), "w", format="mp4", options={"movflags": "+faststart"})
+            raise OutputError(f"the folder of {self.path} does not exist; create it first")
+        self._container = _open(partial_path(self.path), "w", format="mp4", options={"movflags": "+faststart"})
         return self
 
     def _open_streams(self, height: int, width: int) -> None:
+        if height < 2 or width < 2:
+            raise InputError(f"frames of {width}x{height} pixels cannot be encoded as H.264")
         self._video = self._container.add_stream("libx264", rate=self.fps)
-        self._video.width, self._video.height = width - width % 2, height - height % 2  # yuv420p needs even sizes
+        self._video.width, self._video.height = width - width % 2, height - height % 2
         self._video.pix_fmt = "yuv420p"
         self._video.options = {"crf": str(self.crf), "preset": self.preset}
-        if self._waveform is not None:
-            layout = "mono" if self._waveform.shape[0] == 1 else "stereo"
-            self._audio = self._container.add_stream("aac", rate=self._rate, layout=layout)
+        # Audio after the video, so the video is stream 0.
+        if self._audio_input is not None:
+            self._audio = _AudioFromWaveform(*self._audio_input, self._container)
+        elif self._audio_from is not None:
+            self._audio = _AudioFromFile(self._audio_from, self._container)
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame) -> None:
+        array = frame.numpy() if hasattr(frame, "numpy") else np.asarray(frame)
         if self._video is None:
-            self._open_streams(*frame.shape[:2])
-        frame = np.ascontiguousarray(frame[: self._video.height, : self._video.width])
-        video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        video_frame.pts = self.frames
-        for packet in self._video.encode(video_frame):
-            self._container.mux(packet)
+            self._open_streams(*array.shape[:2])
+        array = np.ascontiguousarray(array[: self._video.height, : self._video.width])
+        picture = av.VideoFrame.from_ndarray(array, format="rgb24")
+        picture.pts = self.frames
+        try:
+            if self._audio is not None:
+                self._audio.mux_until(float(self.frames / self.fps))
+            for packet in self._video.encode(picture):
+                self._container.mux(packet)
+        except OSError as error:
+            raise write_failure(self.path, error) from None
         self.frames += 1
-        self._encode_audio(final=False)
 
-    def write_all(self, frames: Iterable[np.ndarray]) -> None:
+    def write_all(self, frames: Iterable) -> None:
         for frame in frames:
             self.write(frame)
 
-    def _encode_audio(self, final: bool) -> None:
-        if self._audio is None:
-            return
-        end = min(int(round(self.frames * self._rate / self.fps)), self._waveform.shape[1])
-        frame_size = self._audio.codec_context.frame_size or 1024
-        while self._audio_cursor < end and (final or self._audio_cursor + frame_size <= end):
-            stop = min(self._audio_cursor + frame_size, end)
-            chunk = np.ascontiguousarray(self._waveform[:, self._audio_cursor:stop])
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self._audio.layout.name)
-            frame.sample_rate = self._rate
-            frame.pts = self._audio_cursor
-            frame.time_base = Fraction(1, self._rate)
-            for packet in self._audio.encode(frame):
-                self._container.mux(packet)
-            self._audio_cursor = stop
-        if final:
-            for packet in self._audio.encode():
-                self._container.mux(packet)
+    def _finish(self) -> None:
+        if self._video is None:
+            raise InputError("no frames to write")
+        for packet in self._video.encode():
+            self._container.mux(packet)
+        if isinstance(self._audio, _AudioFromWaveform):
+            self._audio.mux_until(float(self.frames / self.fps), final=True)
+        elif self._audio is not None:
+            self._audio.mux_until(None)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        temporary = _temporary(self.path)
+        temporary = partial_path(self.path)
+        failure = None
         try:
             if exc_type is None:
-                if self._video is None:
-                    raise InputError("no frames to write")
-                for packet in self._video.encode():
-                    self._container.mux(packet)
-                self._encode_audio(final=True)
+                self._finish()
+        except OSError as error:
+            failure = write_failure(self.path, error)
         finally:
-            self._container.close()
-            if exc_type is not None and os.path.exists(temporary):
+            try:
+                self._container.close()
+            except OSError as error:
+                failure = failure or write_failure(self.path, error)
+            if self._audio is not None:
+                self._audio.close()
+        if exc_type is not None or failure is not None:
+            if os.path.exists(temporary):
                 os.remove(temporary)
-        if exc_type is None:
+            if failure is not None:
+                raise failure
+            return
+        try:
             os.replace(temporary, self.path)
+        except OSError as error:
+            os.remove(temporary)
+            raise write_failure(self.path, error) from None
 
 
-def _prepare_audio(waveform, rate: int) -> tuple[np.ndarray, int]:
-    waveform = np.asarray(waveform, dtype=np.float32)
-    if waveform.ndim == 1:
-        waveform = waveform[None]
-    if waveform.shape[0] > 2:  # AAC for ordinary players: at most stereo
-        waveform = np.stack([waveform[0::2].mean(0), waveform[1::2].mean(0)])
-    return np.clip(waveform, -1.0, 1.0), int(rate)
-
-
-def write_clip_frames(path: str | os.PathLike, frames: np.ndarray) -> None:
+def write_clip_frames(path: str | os.PathLike, frames: np.ndarray, fps: int = 25) -> None:
     """Lossless clip file of uint8 frames (N, H, W, 3); atomic."""
     path = os.fspath(path)
-    temporary = _temporary(path)
-    with av.open(temporary, "w", format="matroska") as container:
-        stream = container.add_stream("ffv1", rate=FPS)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "bgr0"
-        for index, frame in enumerate(frames):
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            video_frame.pts = index
-            for packet in stream.encode(video_frame):
+    temporary = partial_path(path)
+    try:
+        with av.open(temporary, "w", format="matroska") as container:
+            stream = container.add_stream("ffv1", rate=fps)
+            stream.height, stream.width = frames.shape[1:3]
+            stream.pix_fmt = "bgr0"
+            for index, frame in enumerate(frames):
+                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                video_frame.pts = index
+                for packet in stream.encode(video_frame):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    os.replace(temporary, path)
+        os.replace(temporary, path)
+    except OSError as error:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise write_failure(path, error) from None
 
 
 def read_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
-    """uint8 RGB frames of any video file, in order."""
-    with av.open(os.fspath(path)) as container:
-        for frame in container.decode(video=0):
-            yield frame.to_ndarray(format="rgb24")
+    """(H, W, 3) uint8 RGB frames of the first video stream, in order."""
+    with _open(path) as container:
+        if not container.streams.video:
+            raise InputError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{path}: the video cannot be decoded past frame {stream.frames} ({exc})") from None
 
 
 def read_clip_frames(path: str | os.PathLike) -> np.ndarray:
     return np.stack(list(read_video_frames(path)))
 
 
+def video_frame_rate(path: str | os.PathLike) -> Fraction:
+    with _open(path) as container:
+        if not container.streams.video:
+            raise InputError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            raise InputError(f"{path}: cannot tell the frame rate of the video stream")
+        return Fraction(rate)
+
+
 def probe(path: str | os.PathLike) -> dict:
     """Streams, codecs, frame count, fps and durations of a media file (for tests and checks)."""
-    with av.open(os.fspath(path)) as container:
+    with _open(path) as container:
         info = {"streams": [], "duration": container.duration / 1e6 if container.duration else None}
         for stream in container.streams:
             entry = {"type": stream.type, "codec": stream.codec_context.name}

@@ -1,13 +1,10 @@
-"""Which model is on the compute device when (memory presets of the command line).
+"""Which model is on the compute device when, outside ComfyUI (the memory presets of runtime/options.py).
 
-Hallo3's phases use different large models (T5 9.5 GB, reference network 11.3 GB, transformer 17.9 GB, VAE; bf16).
-The official code keeps them all on the GPU (~40 GB of weights). Presets:
-
-* `full`: every model stays on the device after its first use (fastest when it all fits);
-* `balanced`: a model is on the device only inside `use(name)` and goes back to host memory afterwards, so the peak
-  is the largest phase, not the sum; models used once per video (the reference network) are dropped after use;
-* `low`: as balanced, and the transformers keep their matrices in fp8 (weight_casting.py) with the main
-  transformer's blocks streamed from pinned host memory one block ahead of the computation (block_streaming.py).
+A backbone's phases use different large models (Hallo3: T5 9.5 GB, reference network 11.3 GB, transformer 17.9 GB,
+VAE; bf16). The official code keeps them all on the GPU. With `keep_resident` (preset `full`) every model stays on
+the device after its first use; otherwise (`balanced`, `low`) a model is on the device only inside `use(name)` and goes
+back to host memory afterwards, so the peak is the largest phase, not the sum; models used once per video are dropped
+with `release`. What `low` adds (fp8 storage, block streaming) is done by the loaders.
 
 ComfyUI replaces this class with one that asks ComfyUI's model management to load and evict (nodes/).
 """
@@ -20,18 +17,14 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-RESIDENCY_PRESETS = ("full", "balanced", "low")
-
 
 class LocalModels:
     def __init__(self, loaders: dict[str, Callable[[torch.device], Any]], device: str | torch.device = "cpu",
-                 residency: str = "balanced", offload_device: str | torch.device = "cpu"):
-        if residency not in RESIDENCY_PRESETS:
-            raise ValueError(f"residency must be one of {RESIDENCY_PRESETS}")
+                 keep_resident: bool = False, offload_device: str | torch.device = "cpu"):
         self.loaders = loaders
         self.device = torch.device(device)
         self.offload_device = torch.device(offload_device)
-        self.residency = residency
+        self.keep_resident = keep_resident
         self._models: dict[str, Any] = {}
         self.resident: set[str] = set()  # models on the compute device right now
         self.load_counts: dict[str, int] = {}
@@ -51,7 +44,7 @@ class LocalModels:
         try:
             yield model
         finally:
-            if self.residency != "full":
+            if not self.keep_resident:
                 _move(model, self.offload_device)
                 self.resident.discard(name)
                 _empty_cache(self.device)

@@ -1,18 +1,14 @@
-"""Which clips a video needs, which output frames each clip makes, and the seed policy.
+"""Which clips a video needs, which output frames each clip makes, segments in seconds, and derived seeds.
 
-Official clip loop (hallo3_spec.md 4.4): a clip has 49 frames; its first 2 continue the previous clip (the motion
-frames) and the other 47 are new. Clip c makes output frames [47c, 47c + 47); the video is trimmed to
-`ceil(seconds * 25)` frames. The official loop also renders clips that lie wholly past the end of the audio (up to the
-audio padded to a multiple of 49); each clip depends only on earlier ones, so skipping them changes no kept frame.
+A video of `total_frames` output frames (ceil(seconds * 25) of its speech) is made clip after clip; each clip adds
+`new_frames_per_clip` frames (Hallo3: 47 of its 49, the first 2 continuing the previous clip; Hallo/Hallo2: 16 after 2
+motion frames of conditioning). Clip c makes output frames [c*n, c*n + n), and the last clip is trimmed to the video.
+The official loops also render clips wholly past the end of the audio (up to the audio padded to whole clips); each
+clip depends only on earlier ones, so skipping them changes no kept frame.
 
-Seed policy: every random draw of clip c (motion-frame dropout mask, VAE posterior sample of the condition latent,
-initial noise, sampler noise) comes from its own CPU generator seeded with `clip_seed(seed, c)`, and the reference
-latent's posterior sample from `reference_seed(seed)`. A clip's numbers therefore depend only on the base seed, its
-index, its inputs and the previous clip's frames, so a video rendered in segments, or resumed after a crash, equals
-one rendered in a single pass. Draws are made on the CPU, so results do not depend on the GPU's random generator.
-
-The audio of each clip is cut by `audio.clip_windows` with the same arithmetic; `clip_windows.num_clips` counts the
-clips of the official loop (padded audio), `ClipPlan.num_clips` the ones a video needs.
+Seeds: `derived_seed(namespace, seed, stream)` gives independent 63-bit seeds for named random streams (a backbone's
+per-clip generators), so a clip's numbers depend only on the base seed, its index, its inputs and the continuation it
+starts from.
 """
 
 from __future__ import annotations
@@ -23,31 +19,17 @@ from dataclasses import dataclass
 
 import torch
 
-from ..audio.clip_windows import MOTION_FRAMES as OFFICIAL_MOTION_FRAMES
-from ..audio.clip_windows import new_frames_per_clip
-
 FPS = 25
 
 
-def _derived_seed(seed: int, stream: str) -> int:
-    digest = hashlib.sha256(f"hallo3:{int(seed)}:{stream}".encode()).digest()
+def derived_seed(namespace: str, seed: int, stream: str) -> int:
+    digest = hashlib.sha256(f"{namespace}:{int(seed)}:{stream}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def clip_seed(seed: int, clip: int) -> int:
-    return _derived_seed(seed, f"clip:{clip}")
-
-
-def reference_seed(seed: int) -> int:
-    return _derived_seed(seed, "reference")
-
-
-def clip_generator(seed: int, clip: int) -> torch.Generator:
-    return torch.Generator("cpu").manual_seed(clip_seed(seed, clip))
-
-
-def reference_generator(seed: int) -> torch.Generator:
-    return torch.Generator("cpu").manual_seed(reference_seed(seed))
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator: draws do not depend on the GPU's random generator or on the device."""
+    return torch.Generator("cpu").manual_seed(seed)
 
 
 def video_frame_count(seconds: float) -> int:
@@ -58,15 +40,13 @@ def video_frame_count(seconds: float) -> int:
 @dataclass(frozen=True)
 class ClipPlan:
     total_frames: int  # output frames of the whole video
-    frames_per_clip: int = 49
-    motion_frames: int = OFFICIAL_MOTION_FRAMES
+    new_frames_per_clip: int = 47
 
     def __post_init__(self):
-        new_frames_per_clip(self.frames_per_clip, self.motion_frames)  # validates the pair
-
-    @property
-    def new_frames_per_clip(self) -> int:
-        return new_frames_per_clip(self.frames_per_clip, self.motion_frames)
+        if self.new_frames_per_clip < 1:
+            raise ValueError(f"a clip must add at least one frame, got {self.new_frames_per_clip}")
+        if self.total_frames < 1:
+            raise ValueError(f"a video needs at least one frame, got {self.total_frames}")
 
     @property
     def num_clips(self) -> int:
@@ -77,6 +57,10 @@ class ClipPlan:
         start = clip * self.new_frames_per_clip
         return range(start, min(start + self.new_frames_per_clip, self.total_frames))
 
+    def frames_of(self, clips: range) -> range:
+        """Output frames made by `clips`."""
+        return range(self.clip_output_frames(clips.start).start, self.clip_output_frames(clips.stop - 1).stop)
+
     def clips_for_frames(self, start: int, stop: int) -> range:
         """Clips that make output frames [start, stop)."""
         stop = min(stop, self.total_frames)
@@ -84,11 +68,16 @@ class ClipPlan:
             raise ValueError(f"empty frame range [{start}, {stop})")
         return range(start // self.new_frames_per_clip, math.ceil(stop / self.new_frames_per_clip))
 
+    @property
+    def clip_seconds(self) -> float:
+        return self.new_frames_per_clip / FPS
+
     def segment_clips(self, start_seconds: float, duration_seconds: float | None) -> range:
-        """Clips of a segment given in seconds; its start snaps down to the clip grid (1.88 s), its end up."""
+        """Clips of a segment given in seconds; its start snaps down to the clip grid, its end up."""
         first = int(start_seconds * FPS) // self.new_frames_per_clip
         start = first * self.new_frames_per_clip
         if start >= self.total_frames:
-            raise ValueError(f"segment start {start_seconds:.2f} s is past the end of the audio")
+            raise ValueError(f"segment start {start_seconds:.2f} s is past the end of the speech "
+                             f"({self.total_frames / FPS:.2f} s)")
         stop = self.total_frames if duration_seconds is None else math.ceil((start_seconds + duration_seconds) * FPS)
         return self.clips_for_frames(start, max(stop, start + 1))

@@ -9,7 +9,7 @@
 | `paste_back` | blending a restored face into the upscaled frame (facelib's steps, on the device) |
 | `background` | background upsampling: RealESRGAN x2plus via spandrel or any `upscale_fn`, tiled; or Lanczos |
 | `image_ops` | OpenCV's warpAffine / Lanczos-4 / erode / GaussianBlur conventions as torch functions |
-| `video_io` | `upscale_video_file(in, out, ...)`: PyAV decode -> upscaler -> H.264 MP4 with the source audio |
+| `video_file` | `build_video_upscaler(...)` from model files; `upscale_video_file(in, out, ...)` to an MP4 with the sound |
 | `temporal_codeformer` | the network itself, `TemporalCodeFormer` |
 """
 
@@ -17,11 +17,11 @@ from .background import BackgroundUpscaler, load_background_model
 from .face_alignment import ScrfdFaceDetector
 from .face_parsing import load_parsenet
 from .video import UpscaleSettings, VideoFaceUpscaler, output_size, window_plan
-from .video_io import upscale_video_file
+from .video_file import build_video_upscaler, upscale_video_file
 from .weights import load_temporal_codeformer
 
 __all__ = [
-    "BackgroundUpscaler", "ScrfdFaceDetector", "UpscaleSettings", "VideoFaceUpscaler", "load_background_model",
+    "BackgroundUpscaler", "ScrfdFaceDetector", "build_video_upscaler", "UpscaleSettings", "VideoFaceUpscaler", "load_background_model",
     "load_parsenet", "load_temporal_codeformer", "output_size", "upscale_video_file",
     "window_plan",
 ]

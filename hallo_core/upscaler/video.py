@@ -248,9 +248,3 @@ class VideoFaceUpscaler:
         return ({id(f): face for f, face in zip(frames, faces)},
                 {id(f): mask for f, mask in zip(frames, masks)} if masks is not None else {})
 
-
-def image_output_bytes(frames: int, height: int, width: int, scale: float | None = None,
-                       target_long_side: int | None = None) -> int:
-    """Bytes a float32 (N, H, W, 3) IMAGE batch of the upscaled video would take (for refusing oversized outputs)."""
-    out_h, out_w, _ = output_size(height, width, scale, target_long_side)
-    return frames * out_h * out_w * 3 * 4

@@ -1,22 +1,25 @@
-"""The Hallo3 render: a portrait, speech and a prompt in; 25 fps frames out, clip after clip (hallo3_spec.md 4).
+"""Hallo3 as a render-engine backbone: a portrait, speech and a prompt in; 25 fps frames out, clip after clip.
 
 Per video (exact rewrites of the official per-clip work):
   face embedding and references (InsightFace, face mask, resize); wav2vec2 features; T5 once per prompt;
   the reference latent and the reference network once (its input never changes), its tokens' keys and values once.
-Per clip c (official, section 4.4):
+Per clip c (official order):
   motion frames (reference copies for clip 0, else the previous clip's last decoded frames) -> dropout mask ->
   VAE encode of [reference, motion] -> condition latents; audio windows of the clip -> audio tokens; initial noise;
   50 steps of DPM-Solver++(2M) with CFG 3.5 -> latents -> chunked VAE decode -> 47 new frames.
-Every random draw of a clip comes from that clip's own generator (clip_plan.py), so clips can be rendered in
-segments or resumed and still equal a single pass.
+
+Seed policy: every random draw of clip c (motion-frame dropout mask, VAE posterior sample of the condition latent,
+initial noise, sampler noise) comes from its own CPU generator seeded with `clip_seed(seed, c)`, and the reference
+latent's posterior sample from `reference_seed(seed)`. A clip's numbers therefore depend only on the base seed, its
+index, its inputs and the previous clip's frames, so a video rendered in segments, or resumed after a crash, equals
+one rendered in a single pass. Draws are made on the CPU, so results do not depend on the GPU's random generator.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,17 +27,28 @@ import torch
 from ..audio import Audio, AudioFeatures, clip_audio, decode_audio, prepare_speech
 from ..errors import InputError
 from ..face import ReferenceImages, load_image, prepare_reference
-from ..render.clip_plan import ClipPlan, clip_generator, reference_generator
+from ..render.backbone import ClipResult, Continuation, StepCallback, tensor_digest
+from ..render.clip_plan import ClipPlan, derived_seed, seeded_generator
 from ..render.latent_preview import LatentPreviewer
-from ..render.motion import MotionOptions, augment_motion_frames, encode_condition, pad_condition
-from ..render.progress import ProgressEvent, Reporter
-from ..render.store import RenderStore
+from ..render.motion import MotionOptions, augment_motion_frames
+from ..render.settings import RenderSettings
+from ..runtime.options import EngineOptions, check_number
 from .config import Hallo3Config
 from .denoiser import OFFICIAL_CFG_SCALE, GuidedDenoiser, SeparateGuidance, build_clip_conditioning
+from .motion_condition import encode_condition, pad_condition
 from .sampler import generator_noise, sample_vp_dpmpp_2m, sat_schedule
 from .step_cache import StepCache
 
 OFFICIAL_STEPS = 50
+OFFICIAL_MOTION = MotionOptions(frames=2, pixel_dropout=0.1)
+
+
+def clip_seed(seed: int, clip: int) -> int:
+    return derived_seed("hallo3", seed, f"clip:{clip}")
+
+
+def reference_seed(seed: int) -> int:
+    return derived_seed("hallo3", seed, "reference")
 
 
 class ModelProvider(Protocol):
@@ -46,22 +60,16 @@ class ModelProvider(Protocol):
 
 
 @dataclass(frozen=True)
-class RenderSettings:
+class Hallo3Settings(RenderSettings):
     steps: int = OFFICIAL_STEPS
     cfg_scale: float = OFFICIAL_CFG_SCALE
-    seed: int = 42
-    motion: MotionOptions = field(default_factory=MotionOptions)
+    motion: MotionOptions = field(default_factory=lambda: OFFICIAL_MOTION)
     step_cache: float = 0.0  # first-block cache threshold (step_cache.py); 0 = off, the official computation
     guidance: SeparateGuidance | None = None  # the paper's separate text/audio(/reference) scales; None = official
 
     def __post_init__(self):
-        if not 1 <= self.steps <= 1000:
-            raise InputError(f"steps must be between 1 and 1000, got {self.steps}")
-        if not 0.0 <= self.step_cache < 1.0:
-            raise InputError(f"step cache threshold must be in [0, 1), got {self.step_cache}")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+        super().__post_init__()
+        check_number("step cache threshold", self.step_cache, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -72,6 +80,13 @@ class IdentityConditioning:
     references: ReferenceImages  # (1, 3, H, W) in [-1, 1]
     face_box: tuple[int, int, int, int] | None  # face box in frame pixels (x0, y0, x1, y1), for `protect_face`
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def output_crop(self) -> tuple[int, int] | None:
+        return self.references.output_crop
+
+    def digest(self) -> str:
+        return tensor_digest(self.face_embedding, self.references.full, self.references.masked)
 
 
 @dataclass
@@ -86,28 +101,33 @@ class SpeechConditioning:
     def total_frames(self) -> int:
         return self.features.audio_length
 
+    def digest(self) -> str:
+        return tensor_digest(self.features.layers)
+
 
 @dataclass
-class ClipResult:
-    index: int
-    frames: torch.Tensor  # (n, 3, H, W) float32 in [0, 1]: the clip's new frames, trimmed to the video
-    motion_frames: torch.Tensor  # (m, 3, H, W) float32 in [0, 1]: its last decoded frames, to continue from
-    resumed: bool = False  # read back from the render directory instead of rendered
-    last_latent: torch.Tensor | None = None  # (1, 16, h, w) its last latent frame (for `carry_latents`)
+class Hallo3Video:
+    """Per-video state shared by all clips: the conditioning, T5 states, the reference keys/values, the face."""
+
+    identity: IdentityConditioning
+    speech: SpeechConditioning
+    text: torch.Tensor
+    reference_kv: list
+    face: torch.Tensor
 
 
-def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(n, 3, H, W) in [0, 1] -> (n, H, W, 3) uint8 by truncation, as the official writer does."""
-    return (frames.permute(0, 2, 3, 1) * 255).to(torch.uint8).cpu().numpy()
+class Hallo3Backbone:
+    name = "hallo3"
+    phases = ("text_encoder", "reference_net", "vae", "transformer")
 
-
-class Hallo3Pipeline:
-    def __init__(self, models: ModelProvider, config: Hallo3Config, dtype: torch.dtype = torch.bfloat16,
-                 device: str | torch.device = "cpu"):
+    def __init__(self, models: ModelProvider, config: Hallo3Config, options: EngineOptions = EngineOptions(),
+                 weights: dict | None = None):
         self.models = models
         self.config = config
-        self.dtype = dtype
-        self.device = torch.device(device)
+        self.options = options
+        self.dtype = options.dtype
+        self.device = options.device
+        self.weights = weights or {}  # what identifies the loaded weights (paths, sizes, modification times)
         self._text_cache: dict[str, torch.Tensor] = {}
         self._reference_cache: dict[tuple, list[torch.Tensor]] = {}
 
@@ -120,12 +140,22 @@ class Hallo3Pipeline:
     def frames_per_clip(self) -> int:
         return 1 + 4 * (self.config.latent_frames - 1)
 
-    def plan(self, total_frames: int, motion: MotionOptions = MotionOptions()) -> ClipPlan:
-        return ClipPlan(total_frames, self.frames_per_clip, motion.frames)
+    def plan(self, total_frames: int, settings: Hallo3Settings | None = None) -> ClipPlan:
+        motion = (settings or self.default_settings()).motion
+        if motion.frames >= self.frames_per_clip:
+            raise InputError(f"{motion.frames} motion frames leave no new frame in a {self.frames_per_clip}-frame "
+                             "clip; use 2 (official)")
+        return ClipPlan(total_frames, self.frames_per_clip - motion.frames)
+
+    def default_settings(self) -> Hallo3Settings:
+        return Hallo3Settings()
+
+    def model_identity(self) -> dict:
+        return {"backbone": self.name, "weights": self.weights, **self.options.identity()}
 
     # --- per-video conditioning ------------------------------------------------------------------------------------
-    def identity(self, image: Any, allow_no_face: bool = False, mask_method: str = "auto",
-                 mediapipe_task: str | None = None) -> IdentityConditioning:
+    def prepare_identity(self, image: Any, allow_no_face: bool = False, mask_method: str = "auto",
+                         mediapipe_task: str | None = None) -> IdentityConditioning:
         image_rgb = load_image(image)
         with self.models.use("face") as analyzer:
             reference = prepare_reference(image_rgb, analyzer, size=self.frame_size, allow_no_face=allow_no_face,
@@ -135,7 +165,7 @@ class Hallo3Pipeline:
                     if found.face is not None else None)
         return IdentityConditioning(found.embedding.float(), reference.images, face_box, reference.notes)
 
-    def speech(self, audio: Any, separate_vocals: bool = True) -> SpeechConditioning:
+    def prepare_speech(self, audio: Any, separate_vocals: bool = True) -> SpeechConditioning:
         original = decode_audio(audio)
         with contextlib.ExitStack() as phase:
             separator = phase.enter_context(self.models.use("separator")) if separate_vocals else None
@@ -152,16 +182,24 @@ class Hallo3Pipeline:
 
     def reference_tokens(self, identity: IdentityConditioning, seed: int) -> list[torch.Tensor]:
         """The reference network's per-layer tokens: once per video (the official code recomputes them per clip)."""
-        masked = identity.references.masked
-        key = (hashlib.sha256(masked.detach().cpu().float().numpy().tobytes()).hexdigest(), seed)
+        key = (identity.digest(), seed)
         if key not in self._reference_cache:
             with self.models.use("vae") as vae:  # (1, 3, 1, H, W) -> (1, 1, 16, h, w)
-                latent = vae.encode(masked.unsqueeze(2), reference_generator(seed)).permute(0, 2, 1, 3, 4)
+                latent = vae.encode(identity.references.masked.unsqueeze(2),
+                                    seeded_generator(reference_seed(seed))).permute(0, 2, 1, 3, 4)
             with torch.no_grad(), self.models.use("reference_net") as reference_net:
                 tokens = reference_net(latent.to(self.device))
             self.models.release("reference_net")  # never needed again for this video
             self._reference_cache = {key: tokens}
         return self._reference_cache[key]
+
+    def prepare_video(self, identity: IdentityConditioning, speech: SpeechConditioning, prompt: str,
+                      settings: Hallo3Settings) -> Hallo3Video:
+        text = self.text_states(prompt)
+        tokens = self.reference_tokens(identity, settings.seed)
+        with self.models.use("transformer") as transformer:
+            reference_kv = transformer.reference_key_values(tokens)
+        return Hallo3Video(identity, speech, text, reference_kv, identity.face_embedding.to(self.device))
 
     def latent_previewer(self, identity: IdentityConditioning) -> LatentPreviewer:
         """Latent -> RGB previews fitted on this portrait (latent_preview.py); one small VAE encode."""
@@ -169,72 +207,20 @@ class Hallo3Pipeline:
             latent = vae.encode_mean(identity.references.full.unsqueeze(2))  # (1, 16, 1, h, w)
         return LatentPreviewer(latent[0, :, 0], identity.references.full[0])
 
-    # --- the clip loop ---------------------------------------------------------------------------------------------
-    def render(
-        self,
-        identity: IdentityConditioning,
-        speech: SpeechConditioning,
-        prompt: str,
-        settings: RenderSettings = RenderSettings(),
-        clips: range | None = None,
-        previous_frames: torch.Tensor | None = None,
-        store: RenderStore | None = None,
-        reporter: Reporter | None = None,
-    ) -> Iterator[ClipResult]:
-        """Render `clips` (default: all) and yield each finished clip in order.
-
-        `previous_frames` (m, 3, H, W) in [0, 1] are the last frames of the clip before `clips.start` (from a previous
-        segment); clip 0 starts from the reference image. With a `store`, finished clips are kept and skipped on a
-        re-run.
-        """
-        reporter = reporter or Reporter()
-        plan = self.plan(speech.total_frames, settings.motion)
-        clips = clips if clips is not None else range(plan.num_clips)
-        if clips.start > 0 and previous_frames is None and not (store and store.has_clip(clips.start - 1)):
-            raise InputError(f"clip {clips.start} continues clip {clips.start - 1}: pass the previous segment's "
-                             "frames (MotionFrameSampler) or render from the start")
-        first = store.resume_point(clips.start, clips.stop) if store else clips.start
-        for index in range(clips.start, first):  # finished in an earlier, interrupted run
-            frames = torch.from_numpy(store.clip_frames(index)).permute(0, 3, 1, 2).float() / 255
-            last = store.motion_frames(index) if index == first - 1 else frames[-settings.motion.frames:]
-            yield ClipResult(index, frames, last, resumed=True)
-        previous_latent = None
-        if first > clips.start:
-            previous_frames = store.motion_frames(first - 1)
-            previous_latent = store.motion_latent(first - 1)
-        if first >= clips.stop:
-            return
-
-        text = self.text_states(prompt)
-        tokens = self.reference_tokens(identity, settings.seed)
-        schedule = sat_schedule(settings.steps)
-        with self.models.use("transformer") as transformer:
-            reference_kv = transformer.reference_key_values(tokens)
-            face = identity.face_embedding.to(self.device)
-        for index in range(first, clips.stop):
-            reporter(ProgressEvent("prepare", clip=index - clips.start, clips=len(clips)))
-            result = self._render_clip(index, plan, identity, speech, text, face, reference_kv, settings,
-                                       schedule, previous_frames, previous_latent, reporter, len(clips), clips.start)
-            if store is not None:
-                store.save_clip(index, frames_to_uint8(result.frames), result.motion_frames, result.last_latent)
-            previous_frames, previous_latent = result.motion_frames, result.last_latent
-            reporter(ProgressEvent("clip_done", clip=index - clips.start, clips=len(clips)))
-            yield result
-
-    def _render_clip(self, index, plan, identity, speech, text, face, reference_kv, settings, schedule,
-                     previous_frames, previous_latent, reporter, clip_count, first_clip) -> ClipResult:
+    # --- one clip --------------------------------------------------------------------------------------------------
+    def render_clip(self, video: Hallo3Video, index: int, previous: Continuation | None, settings: Hallo3Settings,
+                    on_step: StepCallback) -> ClipResult:
         motion = settings.motion
-        generator = clip_generator(settings.seed, index)
-        full = identity.references.full.to(self.device)
-        if previous_frames is None:
+        plan = self.plan(video.speech.total_frames, settings)
+        generator = seeded_generator(clip_seed(settings.seed, index))
+        full = video.identity.references.full.to(self.device)
+        if previous is None:
             source = full.expand(motion.frames, -1, -1, -1)  # clip 0: copies of the reference image
         else:
-            if previous_frames.shape[0] < motion.frames:
-                raise InputError(f"{motion.frames} motion frames needed, the previous segment gave "
-                                 f"{previous_frames.shape[0]}")
-            source = previous_frames[-motion.frames:].to(self.device, torch.float32) * 2 - 1
-        source = augment_motion_frames(source.to(self.dtype), motion, generator, identity.face_box)
+            source = self._motion_source(previous, motion.frames)
+        source = augment_motion_frames(source.to(self.dtype), motion, generator, video.identity.face_box)
 
+        previous_latent = previous.tensors.get("latent") if previous is not None else None
         if motion.carry_latents and previous_latent is not None:
             # Option: continue from the previous clip's last latent frame, skipping the decode/re-encode round trip.
             condition = pad_condition(previous_latent.unsqueeze(1).to(self.device), self.config.latent_frames)
@@ -245,33 +231,36 @@ class Hallo3Pipeline:
         latent_shape = (1, self.config.latent_frames, self.config.out_channels,
                         self.config.latent_height, self.config.latent_width)
         noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32).to(self.device)
-        audio = clip_audio(speech.features, index, frames_per_clip=self.frames_per_clip,
+        audio = clip_audio(video.speech.features, index, frames_per_clip=self.frames_per_clip,
                            motion_frames=motion.frames).unsqueeze(0)
+        schedule = sat_schedule(settings.steps)
 
         with self.models.use("transformer") as transformer:
-            conditioning = build_clip_conditioning(transformer, condition.to(self.device), text,
-                                                   audio.to(self.device), face, reference_kv)
+            conditioning = build_clip_conditioning(transformer, condition.to(self.device), video.text,
+                                                   audio.to(self.device), video.face, video.reference_kv)
             cache = StepCache(settings.step_cache) if settings.step_cache > 0 else None
             denoiser = GuidedDenoiser(transformer, conditioning, schedule, settings.cfg_scale, cache,
                                       settings.guidance)
+            latents = sample_vp_dpmpp_2m(
+                denoiser, noise, schedule, generator_noise(generator),
+                lambda info: on_step(info["step"] + 1, info["steps"], info["denoised"]))
 
-            def guided(x, step):
-                reporter.check_cancel()
-                return denoiser(x, step)
-
-            def on_step(info):
-                reporter(ProgressEvent("denoise", clip=index - first_clip, clips=clip_count, step=info["step"] + 1,
-                                       steps=info["steps"], latents=info["denoised"]))
-
-            latents = sample_vp_dpmpp_2m(guided, noise, schedule, generator_noise(generator), on_step)
-
-        reporter(ProgressEvent("decode", clip=index - first_clip, clips=clip_count))
         with self.models.use("vae") as vae:
             pixels = vae.decode(latents.permute(0, 2, 1, 3, 4))[0].transpose(0, 1)  # (49, 3, H, W) in [0, 1]
         kept = plan.clip_output_frames(index)
         new = pixels[motion.frames: motion.frames + len(kept)]
-        return ClipResult(index, new.float().cpu(), pixels[-motion.frames:].float().cpu(),
-                          last_latent=latents[:, -1].float().cpu())
+        continuation = Continuation(pixels[-motion.frames:].float().cpu(), kept.stop,
+                                    {"latent": latents[:, -1].float().cpu()})
+        return ClipResult(index, new.float().cpu(), continuation)
+
+    def _motion_source(self, previous: Continuation, count: int) -> torch.Tensor:
+        frames = previous.frames
+        if frames.shape[0] < count:
+            raise InputError(f"{count} motion frames needed, the previous segment gave {frames.shape[0]}")
+        if tuple(frames.shape[-2:]) != self.frame_size:
+            raise InputError(f"the previous segment's frames are {frames.shape[-1]}x{frames.shape[-2]}, this model "
+                             f"renders {self.frame_size[1]}x{self.frame_size[0]}; continue a segment of the same model")
+        return frames[-count:].to(self.device, torch.float32) * 2 - 1
 
 
 def _box_in_frame(box, image_hw, frame_hw) -> tuple[int, int, int, int]:

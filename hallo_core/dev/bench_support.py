@@ -1,0 +1,55 @@
+"""What the benchmarks share: random full-size or tiny models made directly on the device, device synchronisation
+and naming."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_module(build, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
+    """`build()`'s module with random weights (norm scales 1, the rest N(0, 0.02)) made directly on the device."""
+    with torch.device("meta"):
+        model = build().to(dtype)
+    model = model.to_empty(device=device)
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1 and name.endswith("weight"):
+                param.fill_(1.0)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator, device=device, dtype=torch.float32) * 0.02)
+    return model.eval()
+
+
+def random_vae(size: str):
+    """The CogVideoX VAE (`full`: the 5B model's sizes, diffusers' defaults; `tiny`: the tiny models' sizes), with
+    diffusers' own random initialisation, in float32 on the CPU."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    from ..hallo3.vae import CogVideoXVAE
+    from ..hallo3.vae_checkpoint import TINY_BLOCK_OUT_CHANNELS
+
+    with torch.random.fork_rng(devices=[]):  # the same weights every time, without reseeding the caller's RNG
+        torch.manual_seed(0)
+        if size == "full":
+            vae = AutoencoderKLCogVideoX()
+        else:
+            vae = AutoencoderKLCogVideoX(block_out_channels=TINY_BLOCK_OUT_CHANNELS, layers_per_block=1,
+                                         norm_num_groups=min(TINY_BLOCK_OUT_CHANNELS),
+                                         down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                         up_block_types=("CogVideoXUpBlock3D",) * 4)
+    return CogVideoXVAE(vae.eval())
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} ({torch.get_num_threads()} threads)"
