@@ -34,10 +34,10 @@ def test_uploads_sets_runs_and_downloads_the_video(comfy_core_server, tmp_path):
     r = run_cli("--server", comfy_core_server.url, "--workflow", wf, "--upload", f"2.audio={wav}",
                 "--set", "1.batch_size=50", "--set", "3.fps=25", "--out", out)
     assert r.returncode == 0, r.stderr
-    assert f"uploaded {wav} -> input/speech.wav" in r.stdout
-    assert "[4 SaveVideo] running" in r.stdout
+    assert f"uploaded {wav} -> input/speech.wav" in r.stderr  # progress and messages: stderr
+    assert "[4 SaveVideo] running" in r.stderr
     (mp4,) = out.glob("video/*.mp4")
-    assert str(mp4) in r.stdout
+    assert r.stdout.splitlines() == [str(mp4)]  # the downloaded paths: stdout, each file once
     with av.open(str(mp4)) as f:
         seconds = f.duration / av.time_base
         assert f.streams.audio[0].codec_context.name == "aac"
@@ -45,19 +45,27 @@ def test_uploads_sets_runs_and_downloads_the_video(comfy_core_server, tmp_path):
     assert frames == 50 and abs(seconds - 2.0) < 0.1  # --set batch_size reached the server
 
 
-def test_invalid_prompt_exits_2_with_the_node_error(comfy_core_server, tmp_path):
+def test_invalid_prompt_exits_4_with_the_node_error(comfy_core_server, tmp_path):
     wf = write_workflow(tmp_path / "tiny_api.json", core_graphs.tiny_image())
     r = run_cli("--server", comfy_core_server.url, "--workflow", wf, "--set", "1.width=-3", "--out", tmp_path)
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.splitlines()[0].startswith("error: prompt rejected by the server: ")
+    assert "  node 1 (EmptyImage): Value -3 smaller than min of 1" in r.stderr.splitlines()
+
+
+def test_misspelt_input_exits_2_before_contacting_the_server(comfy_core_server, tmp_path):
+    wf = write_workflow(tmp_path / "tiny_api.json", core_graphs.tiny_image())
+    r = run_cli("--server", comfy_core_server.url, "--workflow", wf, "--set", "1.widht=8", "--out", tmp_path)
     assert r.returncode == 2
-    assert "node 1 (EmptyImage): Value -3 smaller than min of 1" in r.stderr
+    assert "node 1 (EmptyImage) has no input 'widht' (did you mean 'width'?)" in r.stderr
 
 
-def test_execution_error_exits_1_with_the_exception_message(comfy_core_server, tmp_path):
+def test_execution_error_exits_5_with_the_exception_message(comfy_core_server, tmp_path):
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"this is not audio" * 100)
     wf = write_workflow(tmp_path / "video_api.json", core_graphs.video_with_audio("x.wav"))
     r = run_cli("--server", comfy_core_server.url, "--workflow", wf, "--upload", f"2.audio={bad}", "--out", tmp_path)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 5, r.stdout + r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("error: node 2 (LoadAudio) failed: ") and len(line) > 40, r.stderr
     assert comfy_core_server.alive()
@@ -69,7 +77,7 @@ def test_ctrl_c_interrupts_the_run_on_the_server(comfy_core_server, tiny_upscale
                              "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         prompt_id = None
-        for line in proc.stdout:  # wait until the upscale node reports progress
+        for line in proc.stderr:  # wait until the upscale node reports progress (at 10 %)
             if line.startswith("queued prompt "):
                 prompt_id = line.split()[-1]
             if "ImageUpscaleWithModel" in line and " step " in line:
