@@ -46,9 +46,13 @@ class _ProgressBar:
         elif event.phase == "prepare" and event.message:
             print(f"{event.message}...", file=sys.stderr)
         elif event.phase == "write":
-            if self.bar is not None:
-                self.bar.close()
+            self.close()
             print(f"writing {event.message}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _generate(args) -> int:
@@ -65,11 +69,15 @@ def _generate(args) -> int:
         **_given(steps=args.steps, cfg_scale=args.cfg, seed=args.seed, step_cache=args.step_cache,
                  guidance=_separate_guidance(args), pose_weight=args.pose_weight,
                  expression_weight=args.expression_weight, lip_weight=args.lip_weight))
-    result = generate(
-        image=args.image, audio=args.audio, out=args.out, models=backbone, prompt=args.prompt, settings=settings,
-        separate_vocals=not args.no_vocal_separation, render_dir=args.render_dir, keep_render=args.keep_render,
-        progress=_ProgressBar(),
-    )
+    progress = _ProgressBar()
+    try:
+        result = generate(
+            image=args.image, audio=args.audio, out=args.out, models=backbone, prompt=args.prompt, settings=settings,
+            separate_vocals=not args.no_vocal_separation, render_dir=args.render_dir, keep_render=args.keep_render,
+            progress=progress,
+        )
+    finally:
+        progress.close()  # before any error line, so the error is the last line
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     resumed = f", {result.resumed_clips} resumed" if result.resumed_clips else ""
@@ -126,9 +134,16 @@ Re-running the same command after an interruption resumes from the last finished
 Exit status: 0 done; 2 a problem with an input or option (one line saying what to fix); 130 interrupted."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the pack's one-line errors: `error: <what>; see <command> --help`, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hallo_core", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m hallo_core", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     parity = commands.add_parser("parity", help="compare with numbers recorded from the official code")
     parity.add_argument("--weights", required=True, help="weights with official key names (.safetensors or .pt)")

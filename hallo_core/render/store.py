@@ -26,7 +26,7 @@ import re
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..errors import OutputError
 from ..media.video import folder_writable, partial_path, read_clip_frames, write_clip_frames, write_failure
@@ -46,6 +46,21 @@ def file_digest(path: str) -> tuple[str, int]:
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """`data` into `path` through a temporary file, synced and renamed: all of it or nothing under the name."""
+    temporary = path + ".partial"
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise write_failure(path, error) from None
 
 
 class _DirectoryLock:
@@ -145,17 +160,7 @@ class RenderStore:
 
     def _write_manifest(self) -> None:
         data = {"format": FORMAT, "key": self.key, **self.description, "clips": self.records}
-        temporary = self._manifest_path + ".partial"
-        try:
-            with open(temporary, "w") as f:
-                json.dump(data, f, indent=1, default=str)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, self._manifest_path)
-        except OSError as error:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise write_failure(self._manifest_path, error) from None
+        _write_atomically(self._manifest_path, json.dumps(data, indent=1, default=str).encode())
 
     # --- clips ------------------------------------------------------------------------------------------------------
     def verified(self, clip: int) -> bool:
@@ -191,13 +196,7 @@ class RenderStore:
         for name, tensor in continuation.tensors.items():
             state[f"tensor.{name}"] = tensor.detach().to("cpu").contiguous()
         state_path = self.state_path(clip)
-        try:
-            save_file(state, state_path + ".partial")
-            os.replace(state_path + ".partial", state_path)
-        except OSError as error:
-            if os.path.exists(state_path + ".partial"):
-                os.remove(state_path + ".partial")
-            raise write_failure(state_path, error) from None
+        _write_atomically(state_path, save(state))
         final = self.clip_path(clip)
         temporary = partial_path(final)
         write_clip_frames(temporary, frames)  # itself atomic: writes temporary's own partial, then renames
