@@ -1,4 +1,4 @@
-"""Command line: `python -m hallo_core <command>` (ARCHITECTURE.md, "Command-line contract").
+"""Command line: `python -m hallo_core <command>` (docs/architecture.md, "Command line").
 
 A user mistake prints one line starting with "error:" and exits with status 2; no traceback.
 """

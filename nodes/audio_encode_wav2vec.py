@@ -12,7 +12,7 @@ class HalloAudioEncodeWav2Vec(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="HalloAudioEncodeWav2Vec",
-            display_name="AudioEncodeWav2Vec",
+            display_name="Hallo Audio Encode (wav2vec2)",
             category=CATEGORY,
             description="wav2vec2 features of the speech, 25 per second, exactly as Hallo3 computes them. The "
                         "video keeps the original audio; the model is driven by the separated vocals by default.",

@@ -45,7 +45,7 @@ class HalloDiTDenoise(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="HalloDiTDenoise",
-            display_name="Hallo3 DiTDenoise",
+            display_name="Hallo3 DiT Denoise",
             category=CATEGORY,
             description="Renders the speech from start_seconds for duration_seconds (0: to the end) with Hallo3 at 25 "
                         "fps, in clips of 47 new frames (1.88 s), each continuing the previous one. Chain segments "

@@ -12,7 +12,7 @@ class HalloIdentityReference(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="HalloIdentityReference",
-            display_name="IdentityReference",
+            display_name="Hallo Identity Reference",
             category=CATEGORY,
             description="Finds the face (largest if several), takes its raw ArcFace embedding, builds the face-masked "
                         "reference and resizes both references the official way (square: pad to 3:2; otherwise "

@@ -35,7 +35,7 @@ class LoadHalloModel(io.ComfyNode):
         official = folders.OFFICIAL
         return io.Schema(
             node_id="LoadHalloModel",
-            display_name="LoadHalloModel",
+            display_name="Load Hallo Model",
             category=CATEGORY,
             description="Loads Hallo3 (transformer, identity reference network, VAE, T5, wav2vec2, InsightFace, "
                         "vocal separator) lazily: each model is read when a node first needs it and managed by "

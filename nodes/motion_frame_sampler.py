@@ -17,7 +17,7 @@ class HalloMotionFrameSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="HalloMotionFrameSampler",
-            display_name="Hallo MotionFrameSampler",
+            display_name="Hallo Motion Frame Sampler",
             category=CATEGORY,
             description="Continues a previous segment (its 'continuation': exact; or any frames: approximate) with "
                         "these motion-frame options. Without either the next segment starts from the portrait. "

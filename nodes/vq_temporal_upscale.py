@@ -35,7 +35,7 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="HalloVQTemporalUpscale4K",
-            display_name="VQTemporalUpscale4K",
+            display_name="Hallo2 VQ Temporal Upscale 4K",
             category=CATEGORY,
             description="Restores the face consistently across frames with Hallo2's temporal VQ network (16-frame "
                         "windows), upsamples the background (an UPSCALE_MODEL such as RealESRGAN_x2plus, else "

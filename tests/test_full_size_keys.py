@@ -43,7 +43,7 @@ def test_every_official_key_is_consumed_with_its_shape(golden_dir):
         mismatched = [n for n in expected if expected[n] != shapes[n]]
         assert not mismatched, mismatched[:5]
         if role == "main":
-            assert sum(t.numel() for t in model.parameters()) == 8_921_057_344  # hallo3_spec.md 3.2
+            assert sum(t.numel() for t in model.parameters()) == 8_921_057_344  # the official 5B transformer's count
             assert config.audio_context_tokens == 32 and config.audio_token_dim == 768
             assert config.face_tokens == 4 and config.face_token_dim == 1024
         else:

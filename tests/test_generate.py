@@ -1,4 +1,4 @@
-"""`make-tiny-models` + `generate`: the whole real path on tiny random models (issue 4 acceptance)."""
+"""`make-tiny-models` + `generate`: the whole real path on tiny random models."""
 
 import json
 import math

@@ -1,7 +1,7 @@
 """The Hallo2 upscaler's video pipeline: windows, streaming, alignment, paste-back, background, detector, files.
 
 Image operations are checked against OpenCV (the official pipeline's library); the paste-back against a whole-frame
-OpenCV/numpy rendering of facelib's steps (hallo2_upscaler_spec.md section 3.6).
+OpenCV/numpy rendering of facelib's steps.
 """
 
 import gc

@@ -1,4 +1,4 @@
-"""`parity`: compare our implementation with numbers recorded from the official code (hallo3_spec.md section 6).
+"""`parity`: compare our implementation with numbers recorded from the official code (docs/fidelity.md).
 
 A golden is a triple: weights with official key names, an io file (inputs, intermediates, outputs, a sampler replay)
 and a JSON description. The weights go through the same loader as real checkpoints; every golden tensor that our code
@@ -23,6 +23,9 @@ def run_parity(weights: str, io_path: str, config_path: str, device: str = "cpu"
         from .upscaler_parity import run_upscaler_parity
 
         return run_upscaler_parity(weights, io_path, config_path, device=device)
+    if "unet_additional_kwargs" in description.get("config", {}):  # the Hallo / Hallo2 UNet goldens
+        from .unet_parity import run_unet_parity
+        return run_unet_parity(weights, io_path, description, device=device)
     return run_hallo3_parity(weights, io_path, description, device)
 
 

@@ -1,5 +1,5 @@
 """`parity` for the upscaler network: our `TemporalCodeFormer` against numbers recorded from the official CodeFormer
-class of Hallo2 (issue 5 item 4; hallo2_upscaler_spec.md section 6).
+class of Hallo2.
 
 A golden is three files:
 

@@ -1,6 +1,6 @@
 """Attention processors for diffusers' `Attention` modules in the Hallo3 main transformer.
 
-Two behaviours that diffusers' CogVideoX processor does not have (hallo3_spec.md sections 2.4 and 2.5):
+Two behaviours that diffusers' CogVideoX processor does not have:
 
 * `ReferenceJointAttnProcessor`: joint [text; video] self-attention whose keys and values are extended with the
   identity reference tokens of the same layer. The official code pushes the reference tokens through the layer's QKV

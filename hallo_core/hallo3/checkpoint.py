@@ -3,7 +3,7 @@
 Official: `pretrained_models/hallo3/latest` names a folder `<n>` holding `mp_rank_00_model_states.pt`, whose `module`
 entry is the flat state dict of the whole engine: `model.diffusion_model.*` (main transformer),
 `ref_model.diffusion_model.*` (reference network) and possibly `first_stage_model.*` / `conditioner.*` (VAE, T5).
-SAT names are mapped to ours with hallo3_spec.md section 3.3: fused QKV and key_value rows are split, the 12-way adaLN
+SAT names are mapped to ours: fused QKV and key_value rows are split, the 12-way adaLN
 linear is split into diffusers' norm1/norm2 halves, and the recomputable RoPE buffers and the unused
 `transformer.position_embeddings` are dropped (the only keys that are).
 

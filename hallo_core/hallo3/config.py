@@ -16,7 +16,7 @@ from typing import Mapping
 
 from ..errors import ModelFileError
 
-# Values the official code hard-codes (hallo3_spec.md sections 1 and 5).
+# Values the official code hard-codes (its 480x720, 49-frame configuration).
 OFFICIAL_TEXT_LENGTH = 226
 OFFICIAL_LATENT_FRAMES = 13
 OFFICIAL_ASPECT_HW = (2, 3)  # 480x720 pixels, 60x90 latents, 30x45 tokens

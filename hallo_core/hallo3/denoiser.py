@@ -1,6 +1,6 @@
 """The guided x0 denoiser of one clip: the transformer, its per-clip conditioning, v-prediction and CFG.
 
-Official guidance (hallo3_spec.md 4.5-4.6): one batched call per step with rows [uncond, cond]; uncond has zero
+Official guidance: one batched call per step with rows [uncond, cond]; uncond has zero
 text and zero audio features (the zero features still go through `audio_proj`), while face, reference and motion
 conditioning are shared; x0 = a*x - sqrt(1-a^2)*v with the denoiser's quantised alpha; then
 x0 = x0_u + scale * (x0_c - x0_u) with scale 3.5.

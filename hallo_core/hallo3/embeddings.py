@@ -1,7 +1,7 @@
 """Input embeddings of the Hallo3 transformers: patches, text, learned positions, 3-D RoPE tables.
 
 diffusers' `CogVideoXPatchEmbed` holds the same three weights but recomputes sin-cos positions whenever the frame
-count is not the configured one, which would break the 1-frame reference pass (hallo3_spec.md section 3.3); this
+count is not the configured one, which would break the 1-frame reference pass; this
 module instead always slices the learned table, as the official code does.
 """
 

@@ -1,6 +1,6 @@
 """Where each model file is: the official `pretrained_models/` download, or single files picked in ComfyUI.
 
-Official layout (`hf download fudan-generative-ai/hallo3 --local-dir pretrained_models`, hallo3_spec.md section 7):
+Official layout (`hf download fudan-generative-ai/hallo3 --local-dir pretrained_models`):
 
     pretrained_models/
       hallo3/latest, hallo3/1/mp_rank_00_model_states.pt      main transformer + reference network (SAT container)

@@ -1,4 +1,4 @@
-"""Hallo3's audio and face projections (hallo3_spec.md sections 2.2 and 2.3).
+"""Hallo3's audio and face projections.
 
 Neither exists in diffusers. Both are constant over the denoising steps of a clip, so the pipeline runs them once per
 clip and feeds their tokens to every step.

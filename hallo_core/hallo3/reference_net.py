@@ -1,4 +1,4 @@
-"""The identity reference network (hallo3_spec.md section 2.5).
+"""The identity reference network.
 
 A second, complete CogVideoX-5B-I2V transformer made of plain diffusers `CogVideoXBlock`s. It encodes the face-masked
 reference latent (one latent frame, concatenated with itself on channels) at timestep 0 with a zero text embedding.

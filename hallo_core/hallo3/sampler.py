@@ -1,4 +1,4 @@
-"""The official Hallo3 sampler: SAT's zero-terminal-SNR schedule and VP-SDE DPM-Solver++(2M) (hallo3_spec.md 4.6).
+"""The official Hallo3 sampler: SAT's zero-terminal-SNR schedule and VP-SDE DPM-Solver++(2M).
 
 diffusers' `CogVideoXDPMScheduler` is close but not equal: it rescales the schedule over all 1000 steps instead of
 the sampled subset and does not quantise the denoiser's alpha, which moves x0 by ~5e-3. So the SAT maths is written

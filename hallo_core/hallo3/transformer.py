@@ -1,6 +1,6 @@
 """The Hallo3 main transformer: CogVideoX-5B-I2V with face and audio cross-attention and identity reference tokens.
 
-A diffusers `CogVideoXBlock` extended in two places (hallo3_spec.md section 2.6):
+A diffusers `CogVideoXBlock` extended in two places:
 
 * the self-attention also attends to the reference network's tokens of the same layer (keys and values only);
 * between the self-attention residual and the feed-forward, two ungated per-frame cross-attentions, to 4 face tokens

@@ -3,7 +3,7 @@
 Sources `load_vae` reads, all into diffusers' `AutoencoderKLCogVideoX`:
 
 * the official SAT file `cogvideox-5b-i2v-sat/vae/3d-vae.pt` (`{"state_dict": {"encoder.down.0.block.0...": ...}}`),
-  read only through `safe_pickle.load_torch_checkpoint`; a `module` dict and the Hallo3 container, whose VAE keys
+  read only through the restricted unpickler (loading/state_dict.py); a `module` dict and the Hallo3 container, whose VAE keys
   carry a `first_stage_model.` prefix, are accepted too;
 * a diffusers folder (`vae/config.json` + `diffusion_pytorch_model.safetensors`);
 * a single `.safetensors` file with diffusers key names (what ComfyUI users keep in `models/vae`, and what
@@ -21,6 +21,7 @@ an invertible function because `convert` and the tiny-model writer need both dir
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -31,7 +32,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 
 from ..errors import InputError, ModelFileError
-from ..loading.safe_pickle import load_torch_checkpoint
+from ..loading.state_dict import LazyStateDict, open_diffusers_weights
 from .vae import LATENT_SCALE, CogVideoXVAE
 
 OFFICIAL_VAE_PATH = "cogvideox-5b-i2v-sat/vae/3d-vae.pt"
@@ -209,50 +210,14 @@ def _read_vae_weights(path: str) -> _VaeWeights:
         return _read_diffusers_folder(path)
     suffix = Path(path).suffix.lower()
     if suffix == ".safetensors":
-        tensors, metadata = _open_safetensors(path)
-        traceless = _config_from_metadata(path, metadata)
-        return _select_vae(path, tensors, traceless)
+        state = LazyStateDict(path)
+        return _select_vae(path, state, _config_from_metadata(path, state.metadata))
     if suffix in PICKLE_SUFFIXES:
-        return _select_vae(path, _pickled_tensors(path), {})
+        state = LazyStateDict(path, subtree=("state_dict", "module", "model"))
+        if not len(state):
+            raise ModelFileError(f"{path}: not a state dict; expected the official {OFFICIAL_VAE_PATH}")
+        return _select_vae(path, state, {})
     raise ModelFileError(f"{path}: unsupported VAE file type {suffix!r}; use the official .pt or a .safetensors file")
-
-
-def _open_safetensors(path: str) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
-    try:
-        handle = safe_open(path, framework="pt", device="cpu")
-        metadata = handle.metadata() or {}
-        tensors = {name: _SafetensorsTensor(handle, name) for name in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error types for damaged headers
-        raise ModelFileError(f"{path}: unreadable safetensors file ({exc}); download or convert it again") from None
-    return tensors, metadata
-
-
-class _SafetensorsTensor:
-    """A tensor in an open safetensors file: shape from the header, data read on demand."""
-
-    def __init__(self, handle, name: str):
-        self.handle, self.name = handle, name
-        self.shape = tuple(handle.get_slice(name).get_shape())
-
-    def read(self) -> torch.Tensor:
-        return self.handle.get_tensor(self.name)
-
-
-def _pickled_tensors(path: str) -> dict:
-    checkpoint = load_torch_checkpoint(path)
-    state = checkpoint
-    if isinstance(state, dict):
-        for key in ("state_dict", "module", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict):
-        raise ModelFileError(
-            f"{path}: not a state dict (a {type(state).__name__}); expected the official {OFFICIAL_VAE_PATH}"
-        )
-    return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
 def _read_diffusers_folder(folder: str) -> _VaeWeights:
@@ -265,21 +230,7 @@ def _read_diffusers_folder(folder: str) -> _VaeWeights:
     class_name = config.get("_class_name", "AutoencoderKLCogVideoX")
     if class_name != "AutoencoderKLCogVideoX":
         raise ModelFileError(f"{folder}: holds a {class_name}, not a CogVideoX VAE (AutoencoderKLCogVideoX)")
-    weights = os.path.join(folder, DIFFUSERS_WEIGHTS)
-    index = weights + ".index.json"
-    if os.path.isfile(weights):
-        tensors, _ = _open_safetensors(weights)
-    elif os.path.isfile(index):
-        tensors = {}
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        for shard in shards:
-            tensors.update(_open_safetensors(os.path.join(folder, shard))[0])
-    elif os.path.isfile(os.path.join(folder, "diffusion_pytorch_model.bin")):
-        tensors = _pickled_tensors(os.path.join(folder, "diffusion_pytorch_model.bin"))
-    else:
-        raise ModelFileError(f"{folder}: {DIFFUSERS_WEIGHTS} is missing next to config.json; download it again")
-    return _select_vae(folder, tensors, config)
+    return _select_vae(folder, open_diffusers_weights(folder), config)
 
 
 def _config_from_metadata(path: str, metadata: Mapping) -> dict:
@@ -292,7 +243,8 @@ def _config_from_metadata(path: str, metadata: Mapping) -> dict:
 
 
 def _select_vae(path: str, tensors: Mapping, traceless: dict) -> _VaeWeights:
-    """Pick the VAE weights out of `tensors` (stored names -> tensor or lazy tensor) and name them as diffusers does."""
+    """Pick the VAE weights out of `tensors` (a lazy state dict, or name -> tensor) and name them as diffusers
+    does."""
     names = list(tensors)
     for prefix in CONTAINER_PREFIXES:
         inside = [n for n in names if n.startswith(prefix)]
@@ -315,9 +267,8 @@ def _select_vae(path: str, tensors: Mapping, traceless: dict) -> _VaeWeights:
         new = sat_to_diffusers_key(key, levels) if sat else key
         if new in stored:
             raise ModelFileError(f"{path}: holds {stored[new]} and {name}, the same VAE weight twice; convert it again")
-        tensor = tensors[name]
-        shapes[new] = tuple(tensor.shape)
-        readers[new] = tensor.read if isinstance(tensor, _SafetensorsTensor) else (lambda t=tensor: t)
+        shapes[new] = tensors.shape(name) if hasattr(tensors, "shape") else tuple(tensors[name].shape)
+        readers[new] = functools.partial(tensors.__getitem__, name)
         stored[new] = name
     return _VaeWeights(path, shapes, readers, stored, traceless, sat, prefix)
 

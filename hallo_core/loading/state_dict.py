@@ -25,9 +25,12 @@ from .safe_pickle import load_torch_checkpoint
 
 
 class LazyStateDict(Mapping[str, torch.Tensor]):
-    """Read-only name -> tensor mapping over a safetensors or `.pt` file; tensors are read when asked for."""
+    """Read-only name -> tensor mapping over a safetensors or `.pt` file; tensors are read when asked for.
 
-    def __init__(self, path: str | os.PathLike, subtree: str | None = None):
+    `subtree` names the entry of a pickled checkpoint that holds the state dict (`module` in SAT containers); a tuple
+    takes the first entry present, or the checkpoint itself when it is a flat state dict."""
+
+    def __init__(self, path: str | os.PathLike, subtree: str | tuple[str, ...] | None = None):
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise ModelFileError(f"model file not found: {self.path}")
@@ -39,7 +42,10 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
             self._tensors = None
         else:
             content = load_torch_checkpoint(self.path)
-            if subtree is not None:
+            if isinstance(subtree, tuple):
+                if isinstance(content, Mapping):
+                    content = next((content[k] for k in subtree if isinstance(content.get(k), Mapping)), content)
+            elif subtree is not None:
                 if not isinstance(content, Mapping) or subtree not in content:
                     raise ModelFileError(f"{self.path}: expected a '{subtree}' entry in the checkpoint")
                 content = content[subtree]
@@ -77,6 +83,49 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
 
     def __contains__(self, name) -> bool:
         return name in (self._tensors if self._tensors is not None else self._header)
+
+
+class MergedStateDict(Mapping[str, torch.Tensor]):
+    """Several lazy state dicts (the shards of a sharded checkpoint) seen as one."""
+
+    def __init__(self, parts: list[LazyStateDict]):
+        self.parts = parts
+        self.path = os.path.dirname(parts[0].path) if parts else ""
+        self.metadata = parts[0].metadata if parts else {}
+        self._owner = {name: part for part in parts for name in part}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._owner[name][name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._owner[name].shape(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._owner)
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+
+def open_diffusers_weights(folder: str | os.PathLike, name: str = "diffusion_pytorch_model"
+                           ) -> LazyStateDict | MergedStateDict:
+    """The weights of a diffusers model folder: `<name>.safetensors`, its sharded index, or `<name>.bin` (read by the
+    restricted unpickler)."""
+    folder = os.fspath(folder)
+    single = os.path.join(folder, f"{name}.safetensors")
+    index = single + ".index.json"
+    if os.path.isfile(single):
+        return LazyStateDict(single)
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelFileError(f"{index}: unreadable shard index ({exc}); download it again") from None
+        return MergedStateDict([LazyStateDict(os.path.join(folder, shard)) for shard in shards])
+    if os.path.isfile(os.path.join(folder, f"{name}.bin")):
+        return LazyStateDict(os.path.join(folder, f"{name}.bin"))
+    raise ModelFileError(f"{folder}: {name}.safetensors is missing next to config.json; download it again")
 
 
 _SAFETENSORS_DTYPES = {

@@ -1,6 +1,6 @@
 """Background upsampling of whole frames: a super-resolution model tiled as the official `RealESRGANer`, then Lanczos.
 
-Official (`video_sr.py` + basicsr `RealESRGANer.enhance`, hallo2_upscaler_spec.md section 3.5): RealESRGAN x2plus on the
+Official (`video_sr.py` + basicsr `RealESRGANer.enhance`): RealESRGAN x2plus on the
 RGB frame in [0, 1] (fp16 on CUDA), reflect-padded to even size, in 400 px tiles each read with 40 px of context and
 written back without blending; clamp, round to 8 bits; if the requested scale is not the model's, `cv2.resize`
 Lanczos-4 to (int(w * s), int(h * s)).

@@ -4,8 +4,7 @@ CodeFormer (a VQGAN encoder, a 1024 x 256 codebook, a transformer that predicts 
 four controllable feature transforms and the VQGAN decoder) with Hallo2's one change: every transformer layer ends
 with a temporal block, self-attention across the F frames of a clip at each token position followed by its own
 feed-forward. There is no temporal position encoding, so the temporal block is equivariant to frame order.
-Reference: `../shared/design/hallo2_upscaler_spec.md` section 1; parameter names are the official ones, so
-`hallo2/net_g.pth` (`params_ema`) loads strictly.
+Parameter names are the official ones, so `hallo2/net_g.pth` (`params_ema`) loads strictly.
 
 Layouts: clips (B, F, 3, 512, 512) in [-1, 1]; frames are the inner factor of the flattened (B*F) batch; tokens
 (B*F, 256, C) batch-first, token d = row * 16 + column.

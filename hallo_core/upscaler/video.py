@@ -1,4 +1,4 @@
-"""The streaming video pipeline of the Hallo2 face upscaler (hallo2_upscaler_spec.md section 3, issue 5).
+"""The streaming video pipeline of the Hallo2 face upscaler (official `scripts/video_sr.py`, done as a stream).
 
 Frames come from any iterator and upscaled frames are yielded in order, one at a time, so a long video can go straight
 into an encoder; the pipeline holds at most one temporal window of input frames.

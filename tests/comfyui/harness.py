@@ -48,7 +48,7 @@ WebSocket = run_api.WebSocket
 # Node types the frontend provides itself; they never reach /object_info or an API prompt.
 UI_ONLY_NODE_TYPES = frozenset({"Note", "MarkdownNote", "PrimitiveNode", "Reroute"})
 
-# ComfyUI flags of shared/design/comfyui.md 3.3 (directories come from the run dir)
+# ComfyUI's command-line flags for a test server (directories come from the run dir)
 SERVER_FLAGS = ("--cpu", "--disable-auto-launch", "--preview-method", "auto")
 
 

@@ -20,12 +20,12 @@ REPO = harness.REPO
 WORKFLOWS = REPO / "workflows"
 PORTRAITS = REPO.parent / "shared" / "fixtures" / "portraits"
 OUR_NODES = {
-    "LoadHalloModel": "LoadHalloModel",
-    "HalloAudioEncodeWav2Vec": "AudioEncodeWav2Vec",
-    "HalloIdentityReference": "IdentityReference",
-    "HalloMotionFrameSampler": "MotionFrameSampler",
-    "HalloDiTDenoise": "DiTDenoise",
-    "HalloVQTemporalUpscale4K": "VQTemporalUpscale4K",
+    "LoadHalloModel": "Load Hallo Model",
+    "HalloAudioEncodeWav2Vec": "Hallo Audio Encode (wav2vec2)",
+    "HalloIdentityReference": "Hallo Identity Reference",
+    "HalloMotionFrameSampler": "Hallo Motion Frame Sampler",
+    "HalloDiTDenoise": "Hallo3 DiT Denoise",
+    "HalloVQTemporalUpscale4K": "Hallo2 VQ Temporal Upscale 4K",
 }
 
 
@@ -78,7 +78,7 @@ def test_the_six_nodes_are_registered_with_their_inputs(hallo_server):
     assert set(dit["required"]) == {"model", "speech", "identity", "start_seconds", "duration_seconds", "steps",
                                     "cfg", "seed"}
     assert set(dit["optional"]) == {"motion"}
-    assert info["HalloDiTDenoise"]["output"] == ["IMAGE", "AUDIO", "VIDEO"]
+    assert info["HalloDiTDenoise"]["output"] == ["IMAGE", "AUDIO", "VIDEO", "HALLO_MOTION"]
     templates = hallo_server.client.get_json("/workflow_templates") if hasattr(hallo_server.client, "get_json") \
         else json.loads(urllib.request.urlopen(hallo_server.url + "/workflow_templates", timeout=30).read())
     shipped = {p.stem for p in WORKFLOWS.glob("*.json")}
