@@ -51,13 +51,19 @@ def detect_backbone(models_dir: str | os.PathLike, requested: str | None = None)
 
 
 def load_backbone(models_dir: str | os.PathLike, options: EngineOptions, backbone: str | None = None,
-                  require_vocal_separator: bool = False) -> Backbone:
-    """The backbone of an official models folder, its models loaded lazily under `options`' memory preset."""
+                  require_vocal_separator: bool = False, frame_size: int | None = None) -> Backbone:
+    """The backbone of an official models folder, its models loaded lazily under `options`' memory preset.
+
+    `frame_size` is the square side Hallo / Hallo2 render at (default: the official 512); Hallo3's frame size is its
+    weights'."""
     name = detect_backbone(models_dir, backbone)
     if name == "hallo3":
+        if frame_size is not None:
+            raise ModelFileError("Hallo3 renders at the frame size of its weights (480x720); --size is a Hallo and "
+                                 "Hallo2 option")
         from .hallo3.loaders import local_hallo3_backbone
 
         return local_hallo3_backbone(models_dir, options, require_vocal_separator)
-    from .hallo_unet.loading import local_unet_backbone
+    from .hallo_unet.loaders import local_unet_backbone
 
-    return local_unet_backbone(models_dir, name, options, require_vocal_separator)
+    return local_unet_backbone(models_dir, name, options, require_vocal_separator, frame_size)

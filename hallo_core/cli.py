@@ -21,9 +21,9 @@ def _parity(args) -> int:
 
 
 def _convert(args) -> int:
-    from .hallo3.convert import convert_transformers
+    from .convert import convert
 
-    for path in convert_transformers(args.src, args.dst, args.dtype):
+    for path in convert(args.src, args.dst, args.dtype, args.backbone):
         print(path)
     return 0
 
@@ -62,19 +62,21 @@ def _generate(args) -> int:
 
     options = EngineOptions.resolve(args.device, args.precision, args.memory, args.attention, args.compile,
                                     args.fp8_matmul)
-    backbone = load_backbone(args.models, options, args.backbone, require_vocal_separator=not args.no_vocal_separation)
+    backbone = load_backbone(args.models, options, args.backbone, require_vocal_separator=not args.no_vocal_separation,
+                             frame_size=args.size)
     settings = backbone.default_settings().with_overrides(backbone.name, motion=_given(
         frames=args.motion_frames, pixel_dropout=args.motion_dropout, drop_patch=args.motion_drop_patch,
         noise_std=args.motion_noise, protect_face=args.protect_face, carry_latents=args.carry_latents),
         **_given(steps=args.steps, cfg_scale=args.cfg, seed=args.seed, step_cache=args.step_cache,
+                 step_cache_file=_step_cache_file(args, backbone), cfg_cache=args.cfg_cache,
                  guidance=_separate_guidance(args), pose_weight=args.pose_weight,
-                 expression_weight=args.expression_weight, lip_weight=args.lip_weight))
+                 expression_weight=args.expression_weight, lip_weight=args.lip_weight, seed_policy=args.seed_policy))
     progress = _ProgressBar()
     try:
         result = generate(
             image=args.image, audio=args.audio, out=args.out, models=backbone, prompt=args.prompt, settings=settings,
             separate_vocals=not args.no_vocal_separation, render_dir=args.render_dir, keep_render=args.keep_render,
-            progress=progress,
+            progress=progress, speech_options={"long_audio_pieces": True} if args.audio_pieces else None,
         )
     finally:
         progress.close()  # before any error line, so the error is the last line
@@ -83,6 +85,13 @@ def _generate(args) -> int:
     resumed = f", {result.resumed_clips} resumed" if result.resumed_clips else ""
     print(f"{result.path}: {result.frames} frames at 25 fps, {result.clips} clips{resumed} ({result.backbone})")
     return 0
+
+
+def _step_cache_file(args, backbone):
+    """The step cache's calibration file, resolved here so the render key covers its contents."""
+    if not args.step_cache:
+        return None
+    return args.step_cache_calibration or getattr(backbone, "calibration_path", lambda: None)()
 
 
 def _given(**values) -> dict:
@@ -104,7 +113,8 @@ def _make_tiny_models(args) -> int:
     from .dev.tiny_models import make_tiny_comfyui_models, make_tiny_models
 
     make = make_tiny_comfyui_models if args.comfyui_layout else make_tiny_models
-    written = make(args.dir, seed=args.seed)
+    written = make(args.dir, seed=args.seed, backbones=args.backbone.split(",") if args.backbone != "all"
+                   else ["hallo3", "hallo", "hallo2"])
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
@@ -153,9 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     parity.set_defaults(run=_parity)
 
     convert = commands.add_parser("convert", help="official checkpoints -> safetensors for ComfyUI")
-    convert.add_argument("--src", required=True, help="pretrained_models/ (or its hallo3/ folder, or the .pt)")
+    convert.add_argument("--src", required=True, help="pretrained_models/ (or a backbone's folder, or its checkpoint)")
     convert.add_argument("--dst", required=True, help="output folder, e.g. ComfyUI/models/diffusion_models/hallo3")
-    convert.add_argument("--dtype", default="bf16", help="bf16 (default), fp16, fp32 or fp8_e4m3fn")
+    convert.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32", "fp8_e4m3fn"],
+                         help="storage dtype (default: the official one, bf16 for Hallo3, fp16 for Hallo/Hallo2)")
+    convert.add_argument("--backbone", default=None, choices=["hallo3", "hallo", "hallo2"],
+                         help="only this backbone's files (default: every backbone the folder holds)")
     convert.set_defaults(run=_convert)
 
     gen = commands.add_parser("generate", help="portrait + speech -> talking-portrait MP4 with the speech",
@@ -178,17 +191,29 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"],
                      help="auto: bf16 on a GPU (as the official code), fp32 on a CPU; fp8_e4m3fn stores the large "
                           "networks' matrices in 8 bits")
-    gen.add_argument("--memory", "--residency", dest="memory", default="balanced", choices=["full", "balanced", "low"],
-                     help="full: every model stays on the GPU; balanced: only the running phase's model (same "
-                          "frames); low: also fp8 weights and blocks streamed from host memory")
-    gen.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient", "math"],
-                     help="PyTorch attention kernel (all exact; auto lets PyTorch choose)")
-    gen.add_argument("--compile", action="store_true", help="torch.compile each transformer block (GPU; slow start)")
+    gen.add_argument("--memory", "--residency", dest="memory", default="balanced",
+                     choices=["full", "balanced", "low", "12gb"],
+                     help="full: every model stays on the GPU; balanced: a model stays only while the next phase "
+                          "fits beside it (same frames); low: also fp8 weights and blocks streamed from host memory; "
+                          "12gb: low plus T5 and reference network streamed and a tiled VAE decode (12 GB cards)")
+    gen.add_argument("--attention", default="auto",
+                     choices=["auto", "flash", "cudnn", "efficient", "math", "flash3", "flash4", "sage"],
+                     help="attention kernel: PyTorch SDPA (auto lets PyTorch choose; all exact), or an installed "
+                          "FlashAttention 3/4 (exact) or SageAttention (int8, changes the result a little)")
+    gen.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="torch.compile each transformer block (default: on for CUDA GPUs with Triton, off on "
+                          "CPUs); --no-compile keeps the eager path")
     gen.add_argument("--fp8-matmul", action="store_true",
-                     help="fp8 x fp8 matmuls in the transformer blocks (Hopper/Ada GPUs; changes the result)")
+                     help="row-wise fp8 matmuls in the transformer blocks (Hopper/Ada GPUs; changes the result)")
     hallo3 = gen.add_argument_group("Hallo3 only")
     hallo3.add_argument("--step-cache", type=float, default=None,
-                        help="first-block step cache threshold, e.g. 0.05 (faster, changes the result; 0 = off)")
+                        help="calibrated step cache threshold, e.g. 0.1 (faster, changes the result; 0 = off); needs "
+                             "`python -m hallo_core calibrate` once per model")
+    hallo3.add_argument("--step-cache-calibration", default=None,
+                        help="the calibration file (default: beside the transformer's weights)")
+    hallo3.add_argument("--cfg-cache", type=float, default=None,
+                        help="share of the last steps that reuse the cached unconditional difference, e.g. 0.3 "
+                             "(those steps cost half; changes the result; 0 = off)")
     hallo3.add_argument("--text-cfg", type=float, default=None,
                         help="separate text guidance scale (adds a third branch: 1.5x cost; default: official single "
                              "cfg)")
@@ -200,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--expression-weight", type=float, default=None,
                       help="how much the speech drives the facial expression (1.0)")
     unet.add_argument("--lip-weight", type=float, default=None, help="how much the speech drives the lips (1.0)")
+    unet.add_argument("--size", type=int, default=None,
+                      help="square frame side in pixels, a multiple of 64 (official: 512)")
+    unet.add_argument("--seed-policy", default=None, choices=["official", "per-clip"],
+                      help="official: one generator for the whole video, as the official scripts (default); "
+                           "per-clip: each clip its own")
+    unet.add_argument("--audio-pieces", action="store_true",
+                      help="Hallo2's 60 s audio pieces, each encoded on its own, as its official long-video script")
     gen.add_argument("--render-dir", default=None, help="where finished clips are kept (default: OUT.render/)")
     gen.add_argument("--keep-render", action="store_true", help="keep the render directory after success")
     motion = gen.add_argument_group("motion frames (defaults: each backbone's official values)")
@@ -250,13 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--docs", default=None, help="append a row to this markdown file (docs/benchmarks.md)")
     bench.set_defaults(run=lambda args: __import__("hallo_core.dev.bench", fromlist=["main"]).main(args))
 
+    __import__("hallo_core.hallo3.calibrate", fromlist=["add_parser"]).add_parser(commands)
+
     tiny = commands.add_parser("make-tiny-models", help="write tiny random models in the official layout")
     tiny.add_argument("dir", help="folder to write (the pretrained_models/ layout)")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--backbone", default="hallo3",
+                      help="hallo3 (default), hallo, hallo2, a comma-separated list, or all; the official layouts "
+                           "of several backbones share one folder")
     tiny.add_argument("--comfyui-layout", action="store_true",
                       help="write into a ComfyUI models/ folder under the file names the shipped workflows use")
     tiny.set_defaults(run=_make_tiny_models)
 
+    __import__("hallo_core.batch.command", fromlist=["add_batch_command"]).add_batch_command(commands)  # Ray: lazily
     return parser
 
 

@@ -62,9 +62,11 @@ def generate(
     progress: Callable[[ProgressEvent], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     backbone: str | None = None,
+    speech_options: dict | None = None,
 ) -> GenerateResult:
     """Render `audio` spoken by the portrait `image` into `out` (an .mp4). `models` is an official models folder (or
-    an already built backbone); `settings` default to the backbone's official ones."""
+    an already built backbone); `settings` default to the backbone's official ones; `speech_options` go to the
+    backbone's speech preparation (Hallo2: `long_audio_pieces`)."""
     # Cheap checks first: a bad path or file is reported before any model is loaded.
     out = check_output_path(out)
     render_dir = check_render_folder(render_dir or os.path.splitext(out)[0] + ".render")
@@ -78,8 +80,10 @@ def generate(
     reporter(ProgressEvent("prepare", message="face and references"))
     identity = model.prepare_identity(image_rgb)
     reporter(ProgressEvent("prepare", message="speech features"))
-    speech = model.prepare_speech(original_audio, separate_vocals=separate_vocals)
+    speech = model.prepare_speech(original_audio, separate_vocals=separate_vocals, **(speech_options or {}))
     segment = Segment(model, identity, speech, prompt, settings)
+    if prompt and not getattr(model, "takes_prompt", True):
+        segment.notes.append(f"{model.name} takes no prompt; the prompt is not used")
     with segment.open_store(render_dir) as store:
         result = segment.render(store, reporter)
         frames = segment.write_mp4(store, out, reporter)

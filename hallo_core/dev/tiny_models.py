@@ -11,35 +11,44 @@ from __future__ import annotations
 import json
 import os
 
+from ..errors import InputError
 from ..hallo3.vae_checkpoint import write_tiny_sat_vae
 from .tiny_frontends import write_tiny_face_models, write_tiny_t5, write_tiny_vocal_separator, write_tiny_wav2vec
 from .tiny_transformer import tiny_config, write_tiny_hallo3
+from .tiny_unet import write_tiny_hallo_unet
 
 WINDOW = 5  # wav2vec frames per video frame in Hallo3's audio windows
 
 
-def make_tiny_models(root: str | os.PathLike, seed: int = 0) -> dict[str, str]:
-    """Write `root/` in the `pretrained_models/` layout; returns what was written where."""
+def make_tiny_models(root: str | os.PathLike, seed: int = 0, backbones=("hallo3",)) -> dict[str, str]:
+    """Write `root/` in the `pretrained_models/` layout of `backbones` (hallo3, hallo, hallo2: the official downloads'
+    layouts share their front-end folders); returns what was written where."""
+    unknown = sorted(set(backbones) - {"hallo3", "hallo", "hallo2"})
+    if unknown or not backbones:
+        raise InputError(f"unknown backbone {', '.join(unknown) or '(none)'}; choose hallo3, hallo, hallo2 or all")
     root = os.fspath(root)
     os.makedirs(root, exist_ok=True)
     written = {
-        "t5": write_tiny_t5(os.path.join(root, "t5-v1_1-xxl"), seed=seed),
         "wav2vec": write_tiny_wav2vec(os.path.join(root, "wav2vec", "wav2vec2-base-960h"), seed=seed),
         "face_analysis": write_tiny_face_models(os.path.join(root, "face_analysis", "models"), seed=seed),
         "audio_separator": write_tiny_vocal_separator(os.path.join(root, "audio_separator", "Kim_Vocal_2.onnx"),
                                                       seed=seed),
     }
-    vae = os.path.join(root, "cogvideox-5b-i2v-sat", "vae", "3d-vae.pt")
-    os.makedirs(os.path.dirname(vae), exist_ok=True)
-    write_tiny_sat_vae(vae, seed=seed)
-    written["vae"] = vae
-
     written.update(write_tiny_upscaler_models(root, seed=seed))
-
-    text_dim = _config(os.path.join(root, "t5-v1_1-xxl"))["d_model"]
     wav2vec = _config(os.path.join(root, "wav2vec", "wav2vec2-base-960h"))
     audio_input_dim = WINDOW * wav2vec["num_hidden_layers"] * wav2vec["hidden_size"]
-    written["hallo3"] = write_tiny_hallo3(root, tiny_config(text_dim, audio_input_dim), seed=seed)
+    if "hallo3" in backbones:
+        written["t5"] = write_tiny_t5(os.path.join(root, "t5-v1_1-xxl"), seed=seed)
+        vae = os.path.join(root, "cogvideox-5b-i2v-sat", "vae", "3d-vae.pt")
+        os.makedirs(os.path.dirname(vae), exist_ok=True)
+        write_tiny_sat_vae(vae, seed=seed)
+        written["vae"] = vae
+        text_dim = _config(os.path.join(root, "t5-v1_1-xxl"))["d_model"]
+        written["hallo3"] = write_tiny_hallo3(root, tiny_config(text_dim, audio_input_dim), seed=seed)
+    for version in ("hallo", "hallo2"):
+        if version in backbones:
+            unet = write_tiny_hallo_unet(root, version, seed=seed, audio_input_dim=audio_input_dim)
+            written[version], written["sd_vae"] = unet["unet"], unet["vae"]
     return written
 
 
@@ -108,33 +117,62 @@ COMFYUI_FILES = {
 }
 
 
-def make_tiny_comfyui_models(models_dir: str | os.PathLike, seed: int = 0) -> dict[str, str]:
-    """The same tiny set as `make_tiny_models`, laid out in a ComfyUI `models/` folder under the workflows' names."""
+def make_tiny_comfyui_models(models_dir: str | os.PathLike, seed: int = 0,
+                             backbones=("hallo3", "hallo", "hallo2")) -> dict[str, str]:
+    """The same tiny set as `make_tiny_models`, laid out in a ComfyUI `models/` folder under the workflows' names
+    (every backbone by default: LoadHalloModel picks the files)."""
     import shutil
     import tempfile
 
     from ..hallo3.convert import convert_transformers
+    from ..hallo_unet.convert import convert_unet
+    from ..hallo_unet.vae import load_vae, write_vae_safetensors
 
     models_dir = os.fspath(models_dir)
-    target = {name: os.path.join(models_dir, relative) for name, relative in COMFYUI_FILES.items()}
+    names = {**COMFYUI_FILES, **COMFYUI_UNET_FILES}
+    wanted = {"wav2vec", "face_models", "vocal_separator", "upscaler", "background", "parsing"}
+    if "hallo3" in backbones:
+        wanted |= {"transformer", "reference", "vae", "text_encoder"}
+    unets = [v for v in ("hallo", "hallo2") if v in backbones]
+    if unets:
+        wanted |= {"sd_vae", *unets}
+    target = {name: os.path.join(models_dir, relative) for name, relative in names.items() if name in wanted}
+    for path in target.values():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     with tempfile.TemporaryDirectory() as official:
-        make_tiny_models(official, seed=seed)
-        os.makedirs(os.path.dirname(target["transformer"]), exist_ok=True)
-        os.makedirs(os.path.dirname(target["vae"]), exist_ok=True)
-        main, reference, vae = convert_transformers(official, os.path.dirname(target["transformer"]), "bf16")
-        os.replace(main, target["transformer"])
-        os.replace(reference, target["reference"])
-        os.replace(vae, target["vae"])
-        for name, source in (("text_encoder", "t5-v1_1-xxl"), ("wav2vec", "wav2vec/wav2vec2-base-960h"),
-                             ("face_models", "face_analysis/models")):
-            shutil.rmtree(target[name], ignore_errors=True)
-            shutil.copytree(os.path.join(official, source), target[name])
+        make_tiny_models(official, seed=seed, backbones=backbones)
+        if "hallo3" in backbones:
+            main, reference, vae = convert_transformers(official, os.path.dirname(target["transformer"]), "bf16")
+            os.replace(main, target["transformer"])
+            os.replace(reference, target["reference"])
+            os.replace(vae, target["vae"])
+            _copy_folder(os.path.join(official, "t5-v1_1-xxl"), target["text_encoder"])
+        for version in unets:
+            unet = convert_unet(os.path.join(official, version, "net.pth"), official, "fp16", version)[0]
+            os.replace(unet, target[version])
+        if unets:
+            write_vae_safetensors(load_vae(os.path.join(official, "sd-vae-ft-mse")), target["sd_vae"])
+        _copy_folder(os.path.join(official, "wav2vec/wav2vec2-base-960h"), target["wav2vec"])
+        _copy_folder(os.path.join(official, "face_analysis/models"), target["face_models"])
         for name, source in (("vocal_separator", "audio_separator/Kim_Vocal_2.onnx"),
                              ("upscaler", UPSCALER_FILES["upscaler"]), ("background", UPSCALER_FILES["background"]),
                              ("parsing", UPSCALER_FILES["parsing"])):
-            os.makedirs(os.path.dirname(target[name]), exist_ok=True)
             shutil.copy(os.path.join(official, source), target[name])
     return target
+
+
+def _copy_folder(source: str, destination: str) -> None:
+    import shutil
+
+    shutil.rmtree(destination, ignore_errors=True)
+    shutil.copytree(source, destination)
+
+
+COMFYUI_UNET_FILES = {
+    "hallo": "diffusion_models/hallo/hallo_unet_fp16.safetensors",
+    "hallo2": "diffusion_models/hallo2/hallo2_unet_fp16.safetensors",
+    "sd_vae": "vae/sd_vae_ft_mse_fp16.safetensors",
+}
 
 
 def _config(folder: str) -> dict:

@@ -18,6 +18,9 @@ one rendered in a single pass. Draws are made on the CPU, so results do not depe
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,14 +33,14 @@ from ..face import ReferenceImages, load_image, prepare_reference
 from ..render.backbone import ClipResult, Continuation, StepCallback, tensor_digest
 from ..render.clip_plan import ClipPlan, derived_seed, seeded_generator
 from ..render.latent_preview import LatentPreviewer
-from ..render.motion import MotionOptions, augment_motion_frames
+from ..render.motion import MotionOptions, augment_motion_frames, box_mask
 from ..render.settings import RenderSettings
 from ..runtime.options import EngineOptions, check_number
 from .config import Hallo3Config
-from .denoiser import OFFICIAL_CFG_SCALE, GuidedDenoiser, SeparateGuidance, build_clip_conditioning
+from .denoiser import OFFICIAL_CFG_SCALE, GuidedDenoiser, LateCfgCache, SeparateGuidance, build_clip_conditioning
 from .motion_condition import encode_condition, pad_condition
 from .sampler import generator_noise, sample_vp_dpmpp_2m, sat_schedule
-from .step_cache import StepCache
+from .step_cache import CalibratedStepCache, StepCacheCalibration, weights_size
 
 OFFICIAL_STEPS = 50
 OFFICIAL_MOTION = MotionOptions(frames=2, pixel_dropout=0.1)
@@ -64,12 +67,25 @@ class Hallo3Settings(RenderSettings):
     steps: int = OFFICIAL_STEPS
     cfg_scale: float = OFFICIAL_CFG_SCALE
     motion: MotionOptions = field(default_factory=lambda: OFFICIAL_MOTION)
-    step_cache: float = 0.0  # first-block cache threshold (step_cache.py); 0 = off, the official computation
+    step_cache: float = 0.0  # calibrated step cache threshold (step_cache.py); 0 = off, the official computation
+    step_cache_file: str | None = None  # its calibration (default: beside the transformer's weights)
+    cfg_cache: float = 0.0  # share of the last steps reusing the cached (cond - uncond) difference; 0 = off
     guidance: SeparateGuidance | None = None  # the paper's separate text/audio(/reference) scales; None = official
 
     def __post_init__(self):
         super().__post_init__()
-        check_number("step cache threshold", self.step_cache, 0.0, 1.0, high_open=True)
+        check_number("step cache threshold", self.step_cache, 0.0, 10.0)
+        check_number("cfg cache share of steps", self.cfg_cache, 0.0, 1.0, high_open=True)
+        if self.cfg_cache > 0 and self.guidance is not None:
+            raise InputError("--cfg-cache works with the official single guidance scale; drop --text-cfg/--audio-cfg/"
+                             "--ref-cfg or --cfg-cache")
+
+    def as_dict(self) -> dict:
+        values = super().as_dict()
+        if self.step_cache > 0 and self.step_cache_file and os.path.isfile(self.step_cache_file):
+            with open(self.step_cache_file, "rb") as f:  # a new calibration is another result
+                values["step_cache_digest"] = hashlib.sha256(f.read()).hexdigest()
+        return values
 
 
 @dataclass
@@ -114,15 +130,19 @@ class Hallo3Video:
     text: torch.Tensor
     reference_kv: list
     face: torch.Tensor
+    step_cache: StepCacheCalibration | None = None
 
 
 class Hallo3Backbone:
     name = "hallo3"
     phases = ("text_encoder", "reference_net", "vae", "transformer")
+    takes_prompt = True
 
     def __init__(self, models: ModelProvider, config: Hallo3Config, options: EngineOptions = EngineOptions(),
-                 weights: dict | None = None):
+                 weights: dict | None = None, transformer_path: str | None = None):
         self.models = models
+        self.transformer_path = transformer_path  # where the step cache's calibration lives by default
+        self.calibration_recorder = None  # set by `calibrate`: records every step of the next clip
         self.config = config
         self.options = options
         self.dtype = options.dtype
@@ -165,7 +185,11 @@ class Hallo3Backbone:
                     if found.face is not None else None)
         return IdentityConditioning(found.embedding.float(), reference.images, face_box, reference.notes)
 
-    def prepare_speech(self, audio: Any, separate_vocals: bool = True) -> SpeechConditioning:
+    def prepare_speech(self, audio: Any, separate_vocals: bool = True,
+                       long_audio_pieces: bool = False) -> SpeechConditioning:
+        if long_audio_pieces:
+            raise InputError("--audio-pieces is a Hallo2 option (its 60 s audio pieces); Hallo3 encodes the whole "
+                             "speech at once")
         original = decode_audio(audio)
         with contextlib.ExitStack() as phase:
             separator = phase.enter_context(self.models.use("separator")) if separate_vocals else None
@@ -195,11 +219,33 @@ class Hallo3Backbone:
 
     def prepare_video(self, identity: IdentityConditioning, speech: SpeechConditioning, prompt: str,
                       settings: Hallo3Settings) -> Hallo3Video:
+        calibration = self.step_cache_calibration(settings) if settings.step_cache > 0 else None  # refuse early
         text = self.text_states(prompt)
         tokens = self.reference_tokens(identity, settings.seed)
         with self.models.use("transformer") as transformer:
             reference_kv = transformer.reference_key_values(tokens)
-        return Hallo3Video(identity, speech, text, reference_kv, identity.face_embedding.to(self.device))
+        return Hallo3Video(identity, speech, text, reference_kv, identity.face_embedding.to(self.device),
+                           calibration)
+
+    def calibration_path(self, settings: Hallo3Settings | None = None) -> str | None:
+        from .step_cache import default_calibration_path
+
+        if settings is not None and settings.step_cache_file:
+            return settings.step_cache_file
+        return default_calibration_path(self.transformer_path) if self.transformer_path else None
+
+    def step_cache_calibration(self, settings: Hallo3Settings) -> StepCacheCalibration:
+        """The step cache's calibration for these weights, or a one-line error naming the calibrate command."""
+        path = self.calibration_path(settings)
+        calibration = StepCacheCalibration.load(path)
+        calibration.check_model(self.model_config(), self.weights_bytes(), path)
+        return calibration
+
+    def model_config(self) -> dict:
+        return json.loads(self.config.to_json())
+
+    def weights_bytes(self) -> int:
+        return weights_size(self.transformer_path) if self.transformer_path else 0
 
     def latent_previewer(self, identity: IdentityConditioning) -> LatentPreviewer:
         """Latent -> RGB previews fitted on this portrait (latent_preview.py); one small VAE encode."""
@@ -218,7 +264,8 @@ class Hallo3Backbone:
             source = full.expand(motion.frames, -1, -1, -1)  # clip 0: copies of the reference image
         else:
             source = self._motion_source(previous, motion.frames)
-        source = augment_motion_frames(source.to(self.dtype), motion, generator, video.identity.face_box)
+        source = augment_motion_frames(source.to(self.dtype), motion, generator,
+                                       box_mask(video.identity.face_box, self.frame_size))
 
         previous_latent = previous.tensors.get("latent") if previous is not None else None
         if motion.carry_latents and previous_latent is not None:
@@ -238,12 +285,13 @@ class Hallo3Backbone:
         with self.models.use("transformer") as transformer:
             conditioning = build_clip_conditioning(transformer, condition.to(self.device), video.text,
                                                    audio.to(self.device), video.face, video.reference_kv)
-            cache = StepCache(settings.step_cache) if settings.step_cache > 0 else None
-            denoiser = GuidedDenoiser(transformer, conditioning, schedule, settings.cfg_scale, cache,
-                                      settings.guidance)
-            latents = sample_vp_dpmpp_2m(
-                denoiser, noise, schedule, generator_noise(generator),
-                lambda info: on_step(info["step"] + 1, info["steps"], info["denoised"]))
+            late_cfg = LateCfgCache(settings.cfg_cache) if settings.cfg_cache > 0 else None
+            denoiser = GuidedDenoiser(transformer, conditioning, schedule, settings.cfg_scale, settings.guidance,
+                                      late_cfg)
+            with self._block_wrapper(video, settings).attached(transformer):
+                latents = sample_vp_dpmpp_2m(
+                    denoiser, noise, schedule, generator_noise(generator),
+                    lambda info: on_step(info["step"] + 1, info["steps"], info["denoised"]))
 
         with self.models.use("vae") as vae:
             pixels = vae.decode(latents.permute(0, 2, 1, 3, 4))[0].transpose(0, 1)  # (49, 3, H, W) in [0, 1]
@@ -253,6 +301,14 @@ class Hallo3Backbone:
                                     {"latent": latents[:, -1].float().cpu()})
         return ClipResult(index, new.float().cpu(), continuation)
 
+    def _block_wrapper(self, video: Hallo3Video, settings: Hallo3Settings):
+        """What wraps the transformer's blocks for this clip: the calibration recorder, the step cache, or nothing."""
+        if self.calibration_recorder is not None:
+            return self.calibration_recorder
+        if video.step_cache is not None and settings.step_cache > 0:
+            return CalibratedStepCache(settings.step_cache, video.step_cache, settings.steps)
+        return _NoWrapper()
+
     def _motion_source(self, previous: Continuation, count: int) -> torch.Tensor:
         frames = previous.frames
         if frames.shape[0] < count:
@@ -261,6 +317,12 @@ class Hallo3Backbone:
             raise InputError(f"the previous segment's frames are {frames.shape[-1]}x{frames.shape[-2]}, this model "
                              f"renders {self.frame_size[1]}x{self.frame_size[0]}; continue a segment of the same model")
         return frames[-count:].to(self.device, torch.float32) * 2 - 1
+
+
+class _NoWrapper:
+    @contextlib.contextmanager
+    def attached(self, model):
+        yield self
 
 
 def _box_in_frame(box, image_hw, frame_hw) -> tuple[int, int, int, int]:

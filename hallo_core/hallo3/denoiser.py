@@ -4,6 +4,13 @@ Official guidance: one batched call per step with rows [uncond, cond]; uncond ha
 text and zero audio features (the zero features still go through `audio_proj`), while face, reference and motion
 conditioning are shared; x0 = a*x - sqrt(1-a^2)*v with the denoiser's quantised alpha; then
 x0 = x0_u + scale * (x0_c - x0_u) with scale 3.5.
+
+No host synchronisation inside a step: the per-step alphas live on the device from the start, and the conditioning
+rows of each branch layout are gathered once per clip (indexing a GPU tensor with a Python list copies the index to
+the device and waits for it).
+
+Option (`LateCfgCache`, off by default, changes the result): the last share of the steps runs only the conditional
+row and reuses the (cond - uncond) difference of the last full step: x0 = x0_c + (s - 1) * d. Those steps cost half.
 """
 
 from __future__ import annotations
@@ -14,7 +21,6 @@ import torch
 
 from ..runtime.options import check_number
 from .sampler import Schedule, apply_cfg, v_to_x0
-from .step_cache import StepCache
 from .transformer import Hallo3Transformer, ReferenceKV
 
 OFFICIAL_CFG_SCALE = 3.5
@@ -72,18 +78,43 @@ def build_clip_conditioning(
         )
 
 
+@dataclass
+class LateCfgCache:
+    """The last `fraction` of the steps compute the conditional row only and reuse the last full step's
+    (cond - uncond) x0 difference. Off by default; changes the result (measured in docs/benchmarks.md)."""
+
+    fraction: float
+    difference: torch.Tensor | None = None
+
+    def __post_init__(self):
+        check_number("cfg cache share of steps", self.fraction, 0.0, 1.0, high_open=True)
+
+    def first_cached_step(self, steps: int) -> int:
+        return steps - int(self.fraction * steps)
+
+
 class GuidedDenoiser:
     """`denoiser(x, step) -> guided x0` for `sample_vp_dpmpp_2m`."""
 
     def __init__(self, model: Hallo3Transformer, conditioning: ClipConditioning, schedule: Schedule,
-                 cfg_scale: float = OFFICIAL_CFG_SCALE, step_cache: StepCache | None = None,
-                 separate: SeparateGuidance | None = None):
+                 cfg_scale: float = OFFICIAL_CFG_SCALE, separate: SeparateGuidance | None = None,
+                 late_cfg: LateCfgCache | None = None):
         self.model = model
         self.conditioning = conditioning
         self.schedule = schedule
         self.cfg_scale = cfg_scale
-        self.step_cache = step_cache
         self.separate = separate
+        self.late_cfg = late_cfg
+        self._alphas: torch.Tensor | None = None  # the schedule's denoiser alphas on the device, once
+        self._rows: dict[tuple, tuple] = {}  # branch layout -> its (text, audio, face) rows, gathered once
+
+    def _branch_rows(self, text_rows: tuple, audio_rows: tuple):
+        key = (text_rows, audio_rows)
+        if key not in self._rows:
+            c = self.conditioning
+            self._rows[key] = (c.text_states[list(text_rows)], c.audio_tokens[list(audio_rows)],
+                               c.face_tokens[[0] * len(text_rows)])
+        return self._rows[key]
 
     def velocity(self, x: torch.Tensor, timestep: int, text_rows=(0, 1), audio_rows=(0, 1),
                  with_reference: bool = True) -> torch.Tensor:
@@ -94,21 +125,29 @@ class GuidedDenoiser:
         batch = x.expand(rows, -1, -1, -1, -1).to(self.model.dtype)
         latents = torch.cat([batch, c.condition_latents.expand(rows, -1, -1, -1, -1).to(batch.dtype)], dim=2)
         timesteps = torch.full((rows,), float(timestep), device=x.device)
-        text, audio = c.text_states[list(text_rows)], c.audio_tokens[list(audio_rows)]
-        face = c.face_tokens[[0] * rows]
+        text, audio, face = self._branch_rows(tuple(text_rows), tuple(audio_rows))
         reference = c.reference_kv if with_reference else None
         with torch.no_grad():
-            cache = self.step_cache if with_reference else None  # the cache follows the main branches only
-            return self.model(latents, timesteps, text, audio, face, reference, step_cache=cache)
+            return self.model(latents, timesteps, text, audio, face, reference)
 
     def __call__(self, x: torch.Tensor, step: int) -> torch.Tensor:
         timestep = self.schedule.timesteps[step]
-        alpha = self.schedule.denoiser_alphas[step].to(x.device)
+        if self._alphas is None or self._alphas.device != x.device:
+            self._alphas = self.schedule.denoiser_alphas.to(x.device)
+        alpha = self._alphas[step]
         x32 = x.to(torch.float32)
 
         def denoised(v):
             return v_to_x0(v, x32.expand(v.shape[0], -1, -1, -1, -1), alpha.expand(v.shape[0]))
 
+        late = self.late_cfg
+        if late is not None and self.separate is None:
+            if step >= late.first_cached_step(self.schedule.num_steps) and late.difference is not None:
+                cond = denoised(self.velocity(x, timestep, (1,), (1,)))
+                return cond + (self.cfg_scale - 1) * late.difference
+            uncond, cond = denoised(self.velocity(x, timestep)).chunk(2)
+            late.difference = cond - uncond
+            return uncond + self.cfg_scale * (cond - uncond)
         if self.separate is None:
             return apply_cfg(denoised(self.velocity(x, timestep)), self.cfg_scale)
         s = self.separate

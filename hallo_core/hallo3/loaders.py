@@ -125,4 +125,4 @@ def local_hallo3_backbone(models_dir, options: EngineOptions, require_vocal_sepa
         files.require_vocal_separator()
     config = TransformerWeights(files.transformer, "main").config()
     models = LocalModels(model_loaders(files, config, options), options.device, options.keep_resident)
-    return Hallo3Backbone(models, config, options, weights=file_identity(vars(files)))
+    return Hallo3Backbone(models, config, options, weights=file_identity(vars(files)), transformer_path=files.transformer)

@@ -13,7 +13,6 @@ Parameter names follow diffusers' `CogVideoXTransformer3DModel` plus `norm_face`
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -26,9 +25,6 @@ from .attention import FrameCrossAttnProcessor, ReferenceJointAttnProcessor, ref
 from .config import Hallo3Config
 from .embeddings import VideoPatchEmbedding, video_rotary_table
 from .projections import AudioProjection, FaceProjection
-
-if TYPE_CHECKING:
-    from .step_cache import StepCache
 
 ReferenceKV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -138,8 +134,17 @@ class CogVideoXBackbone(nn.Module):
         temb = self.time_embedding(self.time_proj(timestep).to(dtype))
         states = self.patch_embed(text_states.to(dtype), latents.to(dtype))
         text_length = text_states.shape[1]
-        cos, sin = video_rotary_table(self.config, latents.shape[1], device=latents.device)
-        return states[:, :text_length], states[:, text_length:], temb, (cos.to(dtype), sin.to(dtype))
+        return states[:, :text_length], states[:, text_length:], temb, self.rotary(latents.shape[1], latents.device)
+
+    def rotary(self, frames: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The RoPE table of `frames` latent frames, made once per (frames, device, dtype) instead of every step."""
+        cache = self.__dict__.setdefault("_rotary_cache", {})
+        key = (frames, str(device), self.dtype)
+        if key not in cache:
+            cos, sin = video_rotary_table(self.config, frames, device=device)
+            cache.clear()  # one entry: a model moved to another device or dtype drops the old table
+            cache[key] = (cos.to(self.dtype), sin.to(self.dtype))
+        return cache[key]
 
     def unpatchify(self, hidden: torch.Tensor, temb: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Final norms and projection, then tokens -> (b, t, out_channels, h, w)."""
@@ -160,12 +165,12 @@ class Hallo3Transformer(CogVideoXBackbone):
         self.face_proj = FaceProjection(config)
 
     def compile_blocks(self, **options) -> None:
-        """Regional torch.compile: each block compiled on its own (one graph, reused 42 times; same maths).
+        """Regional torch.compile: each block compiled on its own (one graph, reused 42 times; same maths within
+        rounding), static shapes, persistent caches (runtime/compile.py). The block's forward is compiled, not the
+        module call, so forward hooks (block streaming's weight moves) stay outside the graph."""
+        from ..runtime.compile import compile_forwards
 
-        The block's forward is compiled, not the module call, so forward hooks (block streaming's weight moves) stay
-        outside the graph."""
-        for block in self.transformer_blocks:
-            block.forward = torch.compile(block.forward, **options)
+        compile_forwards(self.transformer_blocks, **options)
 
     def reference_key_values(self, reference_tokens: list[torch.Tensor]) -> ReferenceKV:
         """Per-layer keys and values of the reference network's captured tokens; computed once per video."""
@@ -192,7 +197,6 @@ class Hallo3Transformer(CogVideoXBackbone):
         audio_tokens: torch.Tensor,
         face_tokens: torch.Tensor,
         reference_kv: ReferenceKV | None,
-        step_cache: StepCache | None = None,
     ) -> torch.Tensor:
         """latents (b, t, 32, h, w) = [noisy; condition] channels -> v prediction (b, t, 16, h, w)."""
         text, hidden, temb, rotary = self.embed(text_states, latents, timestep)
@@ -200,17 +204,15 @@ class Hallo3Transformer(CogVideoXBackbone):
         frame_rotary = (rotary[0][:tokens_per_frame], rotary[1][:tokens_per_frame])  # frame 0's positions
         audio_tokens = audio_tokens.to(self.dtype).flatten(0, 1)  # (b t, m, c)
         face_tokens = face_tokens.to(self.dtype)
+        hidden, text = self.run_blocks(hidden, text, temb, rotary, frame_rotary, reference_kv, face_tokens,
+                                       audio_tokens)
+        return self.unpatchify(hidden, temb, latents.shape)
 
+    def run_blocks(self, hidden, text, temb, rotary, frame_rotary, reference_kv, face_tokens, audio_tokens):
+        """The blocks, in order: (video, text) states in and out. A step cache (step_cache.py) wraps this method on
+        the instance while it is attached, so skipping steps is no branch of the computation itself."""
         for index, block in enumerate(self.transformer_blocks):
-            if index == 1 and step_cache is not None:
-                cached = step_cache.lookup(hidden, text)  # optional, off by default (step_cache.py)
-                if cached is not None:
-                    hidden, text = cached
-                    break
             hidden, text = block(hidden, text, temb, rotary, frame_rotary,
                                  reference_kv[index] if reference_kv is not None else None,
                                  face_tokens, audio_tokens)
-        else:
-            if step_cache is not None:
-                step_cache.store(hidden, text)
-        return self.unpatchify(hidden, temb, latents.shape)
+        return hidden, text

@@ -12,7 +12,11 @@ Both numbers differ from a plain diffusers call in ways that change results: dif
 frames in 8-frame batches (the official encoder sees all frames at once, and GroupNorm statistics depend on it), and
 the latent scale of the 5B model is 0.7, not diffusers' default 1.15258426. diffusers' `decode` with
 `num_latent_frames_batch_size = 2` uses exactly the official chunks, so it is used as is. Tiling (diffusers'
-`enable_tiling`) saves memory but changes the numbers, so it is an explicit option, off by default.
+`enable_tiling`) saves memory but changes the numbers, so it is an explicit option, off by default; `decode_tiles`
+tiles the decode only (the `12gb` memory preset): 2 x 2 overlapping spatial tiles of half the frame, each decoded in
+the official temporal chunks with its own causal-conv cache, blended at the seams (diffusers' `tiled_decode`), about a
+quarter of the decode's peak memory. The decoder's GroupNorms take their statistics over the whole chunk, so no
+spatial split is exact; the deviation is measured (tests/test_memory_presets.py, docs/benchmarks.md).
 
 Layouts: pixels (B, 3, F, H, W), latents (B, 16, T, H/8, W/8), channels first as the VAE sees them; the transformer
 wants (B, T, C, H, W), which the caller permutes.
@@ -65,12 +69,13 @@ class CogVideoXVAE(nn.Module):
     Build it with `hallo_core.hallo3.vae_checkpoint.load_vae`; `model` is the diffusers `AutoencoderKLCogVideoX`.
     """
 
-    def __init__(self, model: AutoencoderKLCogVideoX, tiling: bool = False):
+    def __init__(self, model: AutoencoderKLCogVideoX, tiling: bool = False, decode_tiles: bool = False):
         super().__init__()
         self.model = model
         # Pinned rather than trusted to the diffusers default: the official chunking depends on it.
         self.model.num_latent_frames_batch_size = DECODE_LATENT_FRAMES_PER_CHUNK
         self.tiling = tiling
+        self.decode_tiles = decode_tiles
         if tiling:
             self.model.enable_tiling()
         else:
@@ -125,7 +130,19 @@ class CogVideoXVAE(nn.Module):
         self._check_latents(latents)
         # contiguous: a permuted (B, T, C, h, w) view would carry its strides through every conv (4x slower)
         z = latents.to(device=self.device, dtype=self.dtype).contiguous() / LATENT_SCALE
+        if self.decode_tiles and not self.tiling:
+            return self._tiled_decode(z)
         return self.model.decode(z).sample
+
+    def _tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
+        """diffusers' tiled decode with tiles of half the frame (2 x 2 with overlap), whatever the frame size."""
+        model, step = self.model, self.spatial_compression
+        height, width = z.shape[-2] * step, z.shape[-1] * step
+        model.tile_sample_min_height = max(step, height // 2 // step * step)
+        model.tile_sample_min_width = max(step, width // 2 // step * step)
+        model.tile_latent_min_height = model.tile_sample_min_height // step
+        model.tile_latent_min_width = model.tile_sample_min_width // step
+        return model.tiled_decode(z).sample
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -52,21 +52,38 @@ def augment_motion_frames(
     frames: torch.Tensor,
     options: MotionOptions,
     generator: torch.Generator,
-    face_box: tuple[int, int, int, int] | None = None,
+    protected: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """frames (n, 3, h, w) in [-1, 1] -> noised (optional) and masked frames; draws from `generator` (CPU)."""
-    n, _, height, width = frames.shape
+    """frames (n, 3, h, w) in [-1, 1] -> noised (optional) and masked frames; draws from `generator` (CPU): the noise
+    first, then the keep mask. `protected` (h, w) bool marks the face, never dropped with `protect_face`."""
     if options.noise_std > 0:
         noise = torch.randn(frames.shape, generator=generator, dtype=torch.float32)
         frames = frames + options.noise_std * noise.to(frames.device, frames.dtype)
+    keep = motion_keep_mask(options, generator, tuple(frames.shape[-2:]), protected)
+    return frames if keep is None else frames * keep.to(frames.device, frames.dtype)
+
+
+def motion_keep_mask(options: MotionOptions, generator: torch.Generator, size: tuple[int, int],
+                     protected: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The (h, w) bool keep-mask of one clip's motion frames (None without dropout: nothing is drawn)."""
     if options.pixel_dropout <= 0:
-        return frames
+        return None
+    height, width = size
     patch = options.drop_patch
     draw = torch.rand(math.ceil(height / patch), math.ceil(width / patch), generator=generator)
     if patch > 1:
         draw = F.interpolate(draw[None, None], scale_factor=patch, mode="nearest")[0, 0, :height, :width]
     keep = draw > options.pixel_dropout
-    if options.protect_face and face_box is not None:
-        x0, y0, x1, y1 = face_box
-        keep[max(y0, 0):y1, max(x0, 0):x1] = True
-    return frames * keep.to(frames.device, frames.dtype)
+    if options.protect_face and protected is not None:
+        keep = keep | protected.to(keep.device)
+    return keep
+
+
+def box_mask(box: tuple[int, int, int, int] | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """An (h, w) bool mask of an (x0, y0, x1, y1) pixel box (clipped to the frame)."""
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    mask = torch.zeros(size, dtype=torch.bool)
+    mask[max(y0, 0):y1, max(x0, 0):x1] = True
+    return mask

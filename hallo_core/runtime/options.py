@@ -1,15 +1,23 @@
 """Engine options, resolved in one place for the command line, the ComfyUI nodes and the benchmarks.
 
 A user picks names: a precision (`auto`, `bf16`, `fp16`, `fp32`, `fp8_e4m3fn`), a memory preset (`full`, `balanced`,
-`low`), an attention kernel and whether to compile. `EngineOptions.resolve` turns them into what the engine does:
-the compute dtype, which weights are stored in fp8, whether transformer blocks stream from host memory, whether
-models stay on the device between phases.
+`low`, `12gb`), an attention kernel and whether to compile. `EngineOptions.resolve` turns them into what the engine
+does: the compute dtype, which weights are stored in fp8, whether blocks stream from host memory, whether models stay
+on the device between phases, how the VAE decodes.
 
-Memory presets:
+Memory presets (each a `MemoryPlan`):
 * `full`: every model stays on the device after its first use (fastest when it all fits);
-* `balanced` (default): a model is on the device only while its phase runs; same numbers as `full`;
-* `low`: as `balanced`, and the large networks keep their matrices in fp8 (upcast per layer) with the transformer's
-  blocks streamed from pinned host memory one block ahead (on CUDA); changes the numbers by fp8 rounding.
+* `balanced` (default): a model is moved in for its phase from pinned host memory, and stays while the device has
+  room for the next phase (decided from free device memory); same numbers as `full`;
+* `low`: as `balanced` without staying, and the large networks keep their matrices in fp8 (upcast per layer) with the
+  transformer's blocks streamed from pinned host memory one block ahead (on CUDA); changes the numbers by fp8 rounding;
+* `12gb`: `low` for a 12 GB card: T5 and the reference network streamed block by block too, the transformer's blocks
+  kept on the device only as far as an 11 GB budget allows, and the VAE decoded in spatial tiles (changes the
+  decoded frames slightly; the latents are `low`'s).
+
+Compile (`compile=None`, the default) means: regional `torch.compile` on CUDA GPUs where Triton is installed (exact
+within bf16 rounding, faster), eager elsewhere (on a CPU compiling costs more than it saves, and the fp32 parity path
+stays eager). `compile=False` always keeps the eager path.
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from ..errors import InputError
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8_e4m3fn": torch.float8_e4m3fn}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 PRECISIONS = ("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn")
-MEMORY_PRESETS = ("balanced", "full", "low")
-ATTENTION_CHOICES = ("auto", "flash", "cudnn", "efficient", "math")
+MEMORY_PRESETS = ("balanced", "full", "low", "12gb")
+# PyTorch SDPA backends (exact), then installed kernels chosen per model (runtime/attention.py): FlashAttention 3 and
+# 4 are exact (bf16), SageAttention quantises Q/K to int8 (changes the result a little).
+ATTENTION_CHOICES = ("auto", "flash", "cudnn", "efficient", "math", "flash3", "flash4", "sage")
 
 
 def dtype_from_name(name: str, what: str = "dtype", allowed: tuple[str, ...] | None = None) -> torch.dtype:
@@ -52,13 +62,29 @@ class MemoryPlan:
     keep_resident: bool  # models stay on the device between phases
     fp8_storage: bool  # large networks' matrices stored in fp8
     stream_blocks: bool  # transformer blocks streamed from host memory (CUDA only)
+    keep_while_fits: bool = False  # a model stays after its phase while the next phase still fits beside it
+    stream_all: bool = False  # T5 and the reference network stream their blocks too (CUDA only)
+    device_budget_gb: float | None = None  # streamed blocks kept resident only as far as this budget allows
+    vae_decode_tiles: bool = False  # decode in spatial tiles (lower peak; changes the frames slightly)
 
 
 MEMORY_PLANS = {
     "full": MemoryPlan(keep_resident=True, fp8_storage=False, stream_blocks=False),
-    "balanced": MemoryPlan(keep_resident=False, fp8_storage=False, stream_blocks=False),
+    "balanced": MemoryPlan(keep_resident=False, fp8_storage=False, stream_blocks=False, keep_while_fits=True),
     "low": MemoryPlan(keep_resident=False, fp8_storage=True, stream_blocks=True),
+    "12gb": MemoryPlan(keep_resident=False, fp8_storage=True, stream_blocks=True, stream_all=True,
+                       device_budget_gb=11.0, vae_decode_tiles=True),
 }
+
+
+def compile_supported(device: torch.device) -> bool:
+    """Whether regional torch.compile is the default here: a CUDA device with Triton importable (inductor's GPU
+    code generator). CPUs stay eager: compiling the tiny CPU models costs more than it saves."""
+    if device.type != "cuda":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 @dataclass(frozen=True)
@@ -75,7 +101,8 @@ class EngineOptions:
 
     @classmethod
     def resolve(cls, device: str | torch.device | None = None, precision: str = "auto", memory: str = "balanced",
-                attention: str = "auto", compile: bool = False, fp8_matmul: bool = False) -> "EngineOptions":
+                attention: str = "auto", compile: bool | None = None, fp8_matmul: bool = False) -> "EngineOptions":
+        """`compile=None`: on where `compile_supported` (CUDA + Triton), else eager; True/False force it."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
@@ -86,10 +113,15 @@ class EngineOptions:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InputError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or install "
                              "a CUDA build of PyTorch")
+        from .attention import INSTALLED, check_installed_kernel
+
+        if attention in INSTALLED:  # refused here, before any model loads
+            check_installed_kernel(attention, device)
         plan = MEMORY_PLANS[memory]
         compute = default_compute_dtype(device) if precision in ("auto", "fp8_e4m3fn") else DTYPES[precision]
+        compiled = compile_supported(device) if compile is None else bool(compile)
         return cls(device=device, dtype=compute, memory=memory, fp8_storage=plan.fp8_storage or
-                   precision == "fp8_e4m3fn", attention=attention, compile=compile, fp8_matmul=fp8_matmul)
+                   precision == "fp8_e4m3fn", attention=attention, compile=compiled, fp8_matmul=fp8_matmul)
 
     @property
     def plan(self) -> MemoryPlan:
@@ -105,8 +137,13 @@ class EngineOptions:
 
     def identity(self) -> dict:
         """What of these options changes a frame (part of a render key)."""
-        return {"dtype": dtype_name(self.dtype), "fp8_storage": self.fp8_storage, "fp8_matmul": self.fp8_matmul,
-                "compile": self.compile, "device": self.device.type}
+        identity = {"dtype": dtype_name(self.dtype), "fp8_storage": self.fp8_storage, "fp8_matmul": self.fp8_matmul,
+                    "compile": self.compile, "device": self.device.type}
+        if self.plan.vae_decode_tiles:  # only presets that change the decoded frames add to the key
+            identity["vae_decode_tiles"] = True
+        if self.attention in ("sage",):
+            identity["attention"] = self.attention
+        return identity
 
 
 def check_number(name: str, value: float, low: float | None = None, high: float | None = None,

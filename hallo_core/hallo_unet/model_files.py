@@ -1,0 +1,66 @@
+"""Where each Hallo / Hallo2 model file is: the official `pretrained_models/` download, or files picked in ComfyUI.
+
+Official layout (`hf download fudan-generative-ai/hallo2 --local-dir pretrained_models`; Hallo: `.../hallo`):
+
+    pretrained_models/
+      hallo2/net.pth (Hallo: hallo/net.pth)     the five networks (ReferenceNet, UNet3D, face locator, projections)
+      sd-vae-ft-mse/                            the SD VAE (diffusers folder)
+      wav2vec/wav2vec2-base-960h/               wav2vec2 audio encoder
+      face_analysis/models/*.onnx               InsightFace antelopev2; face_landmarker_v2_with_blendshapes.task
+      audio_separator/Kim_Vocal_2.onnx          MDX-Net vocal separator
+      (stable-diffusion-v1-5/, motion_module/: only the official code's construction reads them; not needed)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import ModelFileError
+
+DOWNLOAD_HINTS = {
+    "hallo": "hf download fudan-generative-ai/hallo --local-dir pretrained_models",
+    "hallo2": "hf download fudan-generative-ai/hallo2 --local-dir pretrained_models",
+}
+
+
+@dataclass(frozen=True)
+class UNetFiles:
+    net: str  # official net.pth or our converted safetensors
+    vae: str  # sd-vae-ft-mse folder or a single VAE safetensors file
+    wav2vec: str
+    face_models: str
+    vocal_separator: str | None = None
+    face_landmarker: str | None = None  # MediaPipe .task, optional
+
+    @classmethod
+    def from_pretrained_dir(cls, root: str | os.PathLike, version: str) -> "UNetFiles":
+        root = os.fspath(root)
+        hint = DOWNLOAD_HINTS[version]
+        if not os.path.isdir(root):
+            raise ModelFileError(f"models folder not found: {root} (download with: {hint})")
+
+        def need(relative: str, what: str, is_dir: bool = False) -> str:
+            path = os.path.join(root, relative)
+            if not (os.path.isdir(path) if is_dir else os.path.isfile(path)):
+                raise ModelFileError(f"{what} missing: expected {path} (download with: {hint})")
+            return path
+
+        def optional(relative: str) -> str | None:
+            path = os.path.join(root, relative)
+            return path if os.path.exists(path) else None
+
+        return cls(
+            net=need(f"{version}/net.pth", f"{version} weights"),
+            vae=need("sd-vae-ft-mse", "SD VAE (sd-vae-ft-mse)", is_dir=True),
+            wav2vec=need("wav2vec/wav2vec2-base-960h", "wav2vec2 audio encoder", is_dir=True),
+            face_models=need("face_analysis/models", "InsightFace face models", is_dir=True),
+            vocal_separator=optional("audio_separator/Kim_Vocal_2.onnx"),
+            face_landmarker=optional("face_analysis/models/face_landmarker_v2_with_blendshapes.task"),
+        )
+
+    def require_vocal_separator(self) -> str:
+        if self.vocal_separator is None or not os.path.isfile(self.vocal_separator):
+            raise ModelFileError("vocal separation needs audio_separator/Kim_Vocal_2.onnx in the models folder, or "
+                                 "turn it off with --no-vocal-separation")
+        return self.vocal_separator
