@@ -132,3 +132,27 @@ def comfy_hallo3_model(files, options, upscaler: str | None = None, attention_ke
                          full_load=options.keep_resident)
     backbone = Hallo3Backbone(models, config, options, weights=file_identity(vars(files)))
     return HalloModel(backbone, models, files, options, upscaler)
+
+
+def comfy_unet_model(files, version: str, options, frame_size: int, upscaler: str | None = None,
+                     attention_kernel=None) -> HalloModel:
+    """Hallo or Hallo2 with its networks under ComfyUI's model management (fp8 storage cast by comfy.ops)."""
+    from ..hallo_core.hallo_unet.backbone import UNetBackbone
+    from ..hallo_core.hallo_unet.loaders import model_loaders
+    from ..hallo_core.loading.file_identity import file_identity
+
+    loaders = model_loaders(files, version, options, weight_casting=False, onnx_device=mm.get_torch_device(),
+                            attention_kernel=attention_kernel)
+    element = torch.finfo(options.dtype).bits // 8
+    pixels = frame_size * frame_size
+    memory_required = {  # activations of one phase, beyond the weights (rough upper bounds)
+        "denoiser": 2 * 16 * (pixels // 64) * 320 * 24 * element,
+        "reference_net": 6 * (pixels // 64) * 320 * 24 * element,
+        "vae": 3 * 512 * pixels * element,
+    }
+    models = ComfyModels(loaders, memory_required,
+                         cast_weights={"denoiser", "reference_net"} if options.fp8_storage else set(),
+                         full_load=options.keep_resident)
+    backbone = UNetBackbone(models, version, options, files, frame_size=frame_size,
+                            weights=file_identity(vars(files)))
+    return HalloModel(backbone, models, files, options, upscaler)

@@ -1,4 +1,5 @@
-"""LoadHalloModel: picks Hallo3's files from ComfyUI's model folders (or an official pretrained_models folder)."""
+"""LoadHalloModel: picks the files of one backbone (Hallo3, Hallo2 or Hallo) from ComfyUI's model folders or an
+official pretrained_models folder, detects which backbone they are, and hands on a HALLO_MODEL."""
 
 from __future__ import annotations
 
@@ -7,23 +8,25 @@ from comfy_api.latest import io
 
 from ..hallo_core.errors import ModelFileError
 from ..hallo_core.hallo3.model_files import ModelFiles
-from ..hallo_core.runtime.options import EngineOptions
+from ..hallo_core.hallo_unet.model_files import UNetFiles
+from ..hallo_core.loading.state_dict import LazyStateDict
+from ..hallo_core.runtime.options import MEMORY_PRESETS, PRECISIONS, EngineOptions
 from . import model_folders as folders
-from .comfy_models import comfy_hallo3_model
+from .comfy_models import comfy_hallo3_model, comfy_unet_model
 from .hallo_types import CATEGORY, HalloModelType
+from .segment_node import send_text
 
-PRECISIONS = ["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"]
-MEMORY = ["balanced", "full", "low"]
 ATTENTION = ["comfy", "sdpa", "flash", "cudnn", "efficient"]
+UNET_FORMAT_VERSION = "hallo_unet.version"
 
 
-def _choices(extra: list[str], found: list[str]) -> list[str]:
+def choices(extra: list[str], found: list[str]) -> list[str]:
     return extra + [name for name in found if name not in extra]
 
 
 def model_combo(name: str, folder: str, options: list[str], tooltip: str) -> io.Combo.Input:
     """A combo of names inside a ComfyUI model folder; `model_folder` in its spec tells tools (workflow validators)
-    that the choices are files of the installation."""
+    that the choices are files of the installation. ComfyUI refuses, at queue time, a name not in the list."""
     combo = io.Combo.Input(name, options=options, tooltip=tooltip)
     combo.extra_dict = {**getattr(combo, "extra_dict", {}), "model_folder": folder}  # merged into /object_info
     return combo
@@ -32,41 +35,44 @@ def model_combo(name: str, folder: str, options: list[str], tooltip: str) -> io.
 class LoadHalloModel(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        official = folders.OFFICIAL
+        official, none = folders.OFFICIAL, folders.NONE
         return io.Schema(
             node_id="LoadHalloModel",
             display_name="Load Hallo Model",
             category=CATEGORY,
-            description="Loads Hallo3 (transformer, identity reference network, VAE, T5, wav2vec2, InsightFace, "
-                        "vocal separator) lazily: each model is read when a node first needs it and managed by "
-                        "ComfyUI's model management.",
+            description="Loads Hallo3, Hallo2 or Hallo (detected from the files) lazily: each model is read when a "
+                        "node first needs it and managed by ComfyUI's model management. Pick an official "
+                        "pretrained_models folder, or single files (python -m hallo_core convert).",
             inputs=[
-                model_combo("official_models", "hallo3", _choices([folders.NONE], folders.official_roots()),
-                             "an official pretrained_models folder inside a 'hallo3' model folder; components set "
-                             "to '(official pretrained_models)' come from it"),
-                model_combo("transformer", "diffusion_models", _choices([official], folders.files(
-                    "diffusion_models", contains=("hallo3",), suffixes=(".safetensors",))),
-                    "hallo3_transformer_*.safetensors in models/diffusion_models (python -m hallo_core convert)"),
-                model_combo("reference", "diffusion_models", _choices([official], folders.files(
-                    "diffusion_models", contains=("reference",), suffixes=(".safetensors",))),
-                    "hallo3_reference_*.safetensors: the identity reference network"),
-                model_combo("vae", "vae", _choices([official], folders.files("vae")), "the CogVideoX-5B VAE"),
-                model_combo("text_encoder", "text_encoders", _choices([official], folders.folders(
-                    "text_encoders", "spiece.model")), "a T5 v1.1 XXL folder in models/text_encoders"),
-                model_combo("audio_encoder", "audio_encoders", _choices([official], folders.folders(
+                model_combo("official_models", "hallo3", choices([none], folders.official_roots()),
+                            "an official pretrained_models folder (in models/hallo3, models/hallo2 or models/hallo); "
+                            "inputs set to '(official pretrained_models)' come from it"),
+                model_combo("diffusion_model", "diffusion_models", choices([official],
+                                                                           folders.files_for_role("diffusion_model")),
+                            "the Hallo3 transformer (hallo3_transformer_*.safetensors) or the Hallo/Hallo2 UNet "
+                            "(hallo2_unet_*.safetensors) in models/diffusion_models; it decides the backbone"),
+                model_combo("reference", "diffusion_models", choices([official, none],
+                                                                     folders.files_for_role("reference")),
+                            "Hallo3 only: its identity reference network (hallo3_reference_*.safetensors)"),
+                model_combo("vae", "vae", choices([official], folders.files("vae")),
+                            "Hallo3: the CogVideoX-5B VAE; Hallo/Hallo2: the SD VAE (sd-vae-ft-mse, e.g. "
+                            "vae-ft-mse-840000-ema-pruned.safetensors)"),
+                model_combo("text_encoder", "text_encoders", choices([official, none], folders.folders(
+                    "text_encoders", "spiece.model")), "Hallo3 only: a T5 v1.1 XXL folder in models/text_encoders"),
+                model_combo("audio_encoder", "audio_encoders", choices([official], folders.folders(
                     "audio_encoders", "preprocessor_config.json")),
                     "the wav2vec2-base-960h folder in models/audio_encoders"),
-                model_combo("face_models", "insightface", _choices([official], folders.folders(
+                model_combo("face_models", "insightface", choices([official], folders.folders(
                     "insightface", "glintr100.onnx")), "InsightFace antelopev2 in models/insightface"),
-                model_combo("vocal_separator", "audio_separator", _choices([official, folders.NONE], folders.files(
+                model_combo("vocal_separator", "audio_separator", choices([official, none], folders.files(
                     "audio_separator", suffixes=(".onnx",))), "Kim_Vocal_2.onnx in models/audio_separator"),
-                model_combo("upscaler", "upscale_models", _choices([folders.NONE], folders.files(
-                    "upscale_models", contains=("hallo2", "net_g", "vq"))),
-                    "Hallo2's temporal VQ face upscaler, for VQTemporalUpscale4K"),
-                io.Combo.Input("precision", options=PRECISIONS, default="auto",
-                               tooltip="auto: bf16 on a GPU (as the official code), fp32 on a CPU; fp8_e4m3fn "
-                                       "stores the transformers' matrices in 8 bits (half the memory, small cost)"),
-                io.Combo.Input("memory", options=MEMORY, default="balanced",
+                model_combo("upscaler", "hallo_upscaler", choices([none], folders.files(
+                    "hallo_upscaler", suffixes=(".pth", ".pt", ".safetensors"))),
+                    "Hallo2's temporal VQ face upscaler (net_g) in models/hallo_upscaler, for VQTemporalUpscale4K"),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                               tooltip="auto: bf16 on a GPU, fp32 on a CPU; fp8_e4m3fn stores the large networks' "
+                                       "matrices in 8 bits (half the memory, small cost)"),
+                io.Combo.Input("memory", options=list(MEMORY_PRESETS), default="balanced",
                                tooltip="balanced: ComfyUI loads each model only for its phase; full: keep them all "
                                        "on the GPU; low: fp8 storage and weights streamed to the GPU as needed"),
                 io.Combo.Input("attention", options=ATTENTION, default="comfy",
@@ -74,65 +80,127 @@ class LoadHalloModel(io.ComfyNode):
                                        "the others pick a PyTorch SDPA kernel; all compute the same attention"),
                 io.Boolean.Input("compile", default=False,
                                  tooltip="torch.compile each transformer block: faster steps after a slow first one"),
+                io.Int.Input("size", default=512, min=64, max=2048, step=64,
+                             tooltip="Hallo/Hallo2 only: the square frame side in pixels (official 512)"),
             ],
-            outputs=[HalloModelType.Output(display_name="model")],
+            outputs=[HalloModelType.Output(display_name="model", tooltip="connect to every Hallo node")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def validate_inputs(cls, official_models, transformer, reference, vae, text_encoder, audio_encoder, face_models,
-                        vocal_separator, upscaler, precision, memory, attention):
-        """Refuse, when the prompt is queued, any name that is not a file or folder of the model folders."""
-        special = {folders.OFFICIAL, folders.NONE}
-        checks = [("hallo3", official_models, "folder"), ("diffusion_models", transformer, "file"),
-                  ("diffusion_models", reference, "file"), ("vae", vae, "file"),
-                  ("text_encoders", text_encoder, "folder"), ("audio_encoders", audio_encoder, "folder"),
-                  ("insightface", face_models, "folder"), ("audio_separator", vocal_separator, "file"),
-                  ("upscale_models", upscaler, "file")]
-        for key, value, kind in checks:
-            if value in special:
-                continue
-            if key == "hallo3":
-                if value not in folders.official_roots():
-                    return f"'{value}' is not an official pretrained_models folder in the 'hallo3' model folders"
-                continue
-            try:
-                folders.resolve_file(key, value) if kind == "file" else folders.resolve_folder(key, value)
-            except ModelFileError as error:
-                return str(error)
-        if precision not in PRECISIONS or memory not in MEMORY or attention not in ATTENTION:
-            return f"precision must be one of {PRECISIONS}, memory one of {MEMORY}, attention one of {ATTENTION}"
-        return True
-
-    @classmethod
-    def execute(cls, official_models, transformer, reference, vae, text_encoder, audio_encoder, face_models,
-                vocal_separator, upscaler, precision, memory, attention="comfy", compile=False) -> io.NodeOutput:
+    def execute(cls, official_models, diffusion_model, reference, vae, text_encoder, audio_encoder, face_models,
+                vocal_separator, upscaler, precision, memory, attention="comfy", compile=False,
+                size=512) -> io.NodeOutput:
         root = None if official_models == folders.NONE else folders.resolve_official_root(official_models)
-        official = ModelFiles.from_pretrained_dir(root) if root else None
-
-        def pick(choice, from_official, resolve):
-            if choice == folders.OFFICIAL:
-                if official is None:
-                    raise ModelFileError("a component is set to '(official pretrained_models)' but no official "
-                                         "folder is selected; pick one in official_models or pick a file")
-                return from_official(official)
-            return resolve(choice)
-
-        files = ModelFiles(
-            transformer=pick(transformer, lambda o: o.transformer,
-                             lambda n: folders.resolve_file("diffusion_models", n)),
-            reference=pick(reference, lambda o: o.reference, lambda n: folders.resolve_file("diffusion_models", n)),
-            vae=pick(vae, lambda o: o.vae, lambda n: folders.resolve_file("vae", n)),
-            text_encoder=pick(text_encoder, lambda o: o.text_encoder,
-                              lambda n: folders.resolve_folder("text_encoders", n)),
-            wav2vec=pick(audio_encoder, lambda o: o.wav2vec, lambda n: folders.resolve_folder("audio_encoders", n)),
-            face_models=pick(face_models, lambda o: o.face_models, lambda n: folders.resolve_folder("insightface", n)),
-            vocal_separator=None if vocal_separator == folders.NONE else pick(
-                vocal_separator, lambda o: o.require_vocal_separator(),
-                lambda n: folders.resolve_file("audio_separator", n)),
-        )
-        upscaler_path = None if upscaler == folders.NONE else folders.resolve_file("upscale_models", upscaler)
+        backbone = _backbone_of(diffusion_model, root)
+        picks = _Picks(root, backbone)
+        upscaler_path = None if upscaler == folders.NONE else folders.resolve_file("hallo_upscaler", upscaler)
         options = EngineOptions.resolve(mm.get_torch_device(), precision, memory, "auto", compile)
-        return io.NodeOutput(comfy_hallo3_model(files, options, upscaler_path, _attention_kernel(attention)))
+        kernel = _attention_kernel(attention)
+        if backbone == "hallo3":
+            if reference == folders.NONE or text_encoder == folders.NONE:
+                raise ModelFileError("Hallo3 needs its reference network and the T5 text encoder: set reference and "
+                                     "text_encoder to files (or to the official folder)")
+            files = ModelFiles(
+                transformer=picks.file(diffusion_model, "diffusion_models", "transformer"),
+                reference=picks.file(reference, "diffusion_models", "reference"),
+                vae=picks.file(vae, "vae", "vae"),
+                text_encoder=picks.folder(text_encoder, "text_encoders", "text_encoder"),
+                wav2vec=picks.folder(audio_encoder, "audio_encoders", "wav2vec"),
+                face_models=picks.folder(face_models, "insightface", "face_models"),
+                vocal_separator=picks.optional_file(vocal_separator, "audio_separator", "vocal_separator"),
+            )
+            _check_vae(files.vae, "cogvideox", backbone)
+            model = comfy_hallo3_model(files, options, upscaler_path, kernel)
+        else:
+            if reference != folders.NONE and reference != folders.OFFICIAL:
+                raise ModelFileError(f"reference is Hallo3's identity network; the model picked is {backbone}: set "
+                                     "reference to none")
+            if text_encoder != folders.NONE and text_encoder != folders.OFFICIAL:
+                raise ModelFileError(f"{backbone} takes no text encoder (it has no prompt): set text_encoder to none")
+            files = UNetFiles(
+                net=picks.file(diffusion_model, "diffusion_models", "net"),
+                vae=picks.file(vae, "vae", "vae"),
+                wav2vec=picks.folder(audio_encoder, "audio_encoders", "wav2vec"),
+                face_models=picks.folder(face_models, "insightface", "face_models"),
+                vocal_separator=picks.optional_file(vocal_separator, "audio_separator", "vocal_separator"),
+                face_landmarker=picks.official_files.face_landmarker if picks.official_files else None,
+            )
+            _check_vae(files.vae, "sd", backbone)
+            model = comfy_unet_model(files, backbone, options, size, upscaler_path, kernel)
+        summary = f"{backbone} · {options.dtype} · {memory}" + (f" · {size}x{size}" if backbone != "hallo3" else "")
+        send_text(summary.replace("torch.", ""), cls.hidden.unique_id)
+        return io.NodeOutput(model)
+
+
+def _backbone_of(diffusion_model: str, root: str | None) -> str:
+    """The backbone the picked diffusion model is (its file's metadata, or the official folder's weights)."""
+    if diffusion_model == folders.OFFICIAL:
+        if root is None:
+            raise ModelFileError("diffusion_model is set to '(official pretrained_models)' but no official folder is "
+                                 "selected; pick one in official_models or pick a file")
+        found = folders.backbones_at(root)
+        if len(found) != 1:
+            raise ModelFileError(f"{root} holds the weights of {' and '.join(found)}; pick the diffusion_model file "
+                                 "of the one to use (python -m hallo_core convert)")
+        return found[0]
+    path = folders.resolve_file("diffusion_models", diffusion_model)
+    state = LazyStateDict(path)
+    fmt = state.metadata.get("hallo3.format") or state.metadata.get("hallo_unet.format")
+    if fmt == "hallo3-transformer":
+        return "hallo3"
+    if fmt == "hallo-unet-net" and state.metadata.get(UNET_FORMAT_VERSION) in ("hallo", "hallo2"):
+        return state.metadata[UNET_FORMAT_VERSION]
+    raise ModelFileError(f"{diffusion_model} is not a Hallo3 transformer or a Hallo/Hallo2 UNet written by "
+                         "python -m hallo_core convert; convert the official weights first")
+
+
+class _Picks:
+    """Resolves each input: a name in its ComfyUI folder, or the official folder's file for that role."""
+
+    def __init__(self, root: str | None, backbone: str):
+        self.root = root
+        self.official_files = None
+        if root is not None:
+            self.official_files = (ModelFiles.from_pretrained_dir(root) if backbone == "hallo3"
+                                   else UNetFiles.from_pretrained_dir(root, backbone))
+
+    def _official(self, role: str):
+        if self.official_files is None:
+            raise ModelFileError(f"{role} is set to '(official pretrained_models)' but no official folder is "
+                                 "selected; pick one in official_models or pick a file")
+        return getattr(self.official_files, role)
+
+    def file(self, choice: str, key: str, role: str) -> str:
+        return self._official(role) if choice == folders.OFFICIAL else folders.resolve_file(key, choice)
+
+    def folder(self, choice: str, key: str, role: str) -> str:
+        return self._official(role) if choice == folders.OFFICIAL else folders.resolve_folder(key, choice)
+
+    def optional_file(self, choice: str, key: str, role: str) -> str | None:
+        if choice == folders.NONE:
+            return None
+        if choice == folders.OFFICIAL:
+            return self.official_files.require_vocal_separator() if self.official_files else self._official(role)
+        return folders.resolve_file(key, choice)
+
+
+def _check_vae(path: str, kind: str, backbone: str) -> None:
+    """Refuse a VAE of the other family (CogVideoX's is 3-D, the SD VAE 2-D) with the fix named."""
+    import os
+
+    if os.path.isdir(path) or not path.endswith(".safetensors"):
+        return  # official folders and files are checked by the loaders
+    state = LazyStateDict(path)
+    conv_in = next((name for name in state if name.endswith("encoder.conv_in.weight")
+                    or name.endswith("encoder.conv_in.conv.weight")), None)
+    if conv_in is None:
+        return
+    found = "cogvideox" if len(state.shape(conv_in)) == 5 else "sd"
+    if found != kind:
+        wanted = "the CogVideoX-5B VAE" if kind == "cogvideox" else "the SD VAE (sd-vae-ft-mse)"
+        raise ModelFileError(f"the VAE picked is the {'CogVideoX' if found == 'cogvideox' else 'SD'} VAE; {backbone} "
+                             f"needs {wanted}")
 
 
 def _attention_kernel(choice: str):

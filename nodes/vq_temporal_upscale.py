@@ -7,6 +7,7 @@ frames stream from file to file with the audio, so memory stays at one 16-frame 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from fractions import Fraction
 
@@ -17,14 +18,14 @@ import torch
 from comfy_api.latest import InputImpl, io
 
 from ..hallo_core.errors import InputError, ModelFileError
-from ..hallo_core.media.video import Mp4Writer, read_video_frames, video_frame_rate
+from ..hallo_core.media.video import Mp4Writer, read_video_frames, video_frame_count, video_frame_rate
 from ..hallo_core.upscaler.background import BackgroundUpscaler
 from ..hallo_core.upscaler.video import UpscaleSettings, output_size
 from ..hallo_core.upscaler.video_file import build_video_upscaler
 from . import model_folders as folders
 from .hallo_types import CATEGORY, HalloModelType
 from .load_hallo_model import model_combo
-from .segment_node import check_image_output, output_connected
+from .segment_node import check_image_output, duration_text, output_connected, send_text
 
 TARGETS = ["scale", "1080p (long side 1920)", "4K (long side 3840)", "long side 4096"]
 _LONG_SIDE = {"1080p (long side 1920)": 1920, "4K (long side 3840)": 3840, "long side 4096": 4096}
@@ -47,8 +48,8 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
                 io.UpscaleModel.Input("upscale_model", optional=True,
                                       tooltip="background upsampler (RealESRGAN_x2plus, as official); "
                                               "without it the background is Lanczos-resized"),
-                model_combo("parsing_model", "upscale_models", [folders.NONE] + folders.files(
-                    "upscale_models", contains=("parsing",)),
+                model_combo("parsing_model", "hallo_upscaler", [folders.NONE] + folders.files(
+                    "hallo_upscaler", contains=("parsing",)),
                     "parsing_parsenet.pth for the official soft face mask; none: a feathered box"),
                 io.Combo.Input("target", options=TARGETS, default="scale"),
                 io.Float.Input("scale", default=4.0, min=1.0, max=8.0, step=0.5,
@@ -64,22 +65,13 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, parsing_model, target):
-        if parsing_model != folders.NONE:
-            try:
-                folders.resolve_file("upscale_models", parsing_model)
-            except ModelFileError as error:
-                return str(error)
-        return True if target in TARGETS else f"target must be one of {TARGETS}"
-
-    @classmethod
     def execute(cls, model, parsing_model, target, scale, fidelity_weight, images=None, video=None,
                 upscale_model=None, face_upsample=False) -> io.NodeOutput:
         if (images is None) == (video is None):
             raise InputError("connect either images (short clips) or a video (long videos) to VQTemporalUpscale4K")
         if model.upscaler is None:
             raise ModelFileError("no upscaler selected in LoadHalloModel: put Hallo2's net_g (hallo2/net_g.pth or a "
-                                 "converted .safetensors) in models/upscale_models and pick it as 'upscaler'")
+                                 "converted .safetensors) in models/hallo_upscaler and pick it as 'upscaler'")
         device = mm.get_torch_device()
         long_side = _LONG_SIDE.get(target)
         settings = UpscaleSettings(scale=None if long_side else scale, target_long_side=long_side,
@@ -88,7 +80,7 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
         if upscale_model is not None:
             upscale_model.to(device)
             background = BackgroundUpscaler.from_spandrel(upscale_model)
-        parsing = None if parsing_model == folders.NONE else folders.resolve_file("upscale_models", parsing_model)
+        parsing = None if parsing_model == folders.NONE else folders.resolve_file("hallo_upscaler", parsing_model)
         upscaler = build_video_upscaler(model.upscaler, os.path.join(model.files.face_models, "scrfd_10g_bnkps.onnx"),
                                         settings, parsing, background, device)
 
@@ -98,7 +90,7 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
         else:
             source = video.get_stream_source()
             width, height = video.get_dimensions()
-            count = None
+            count = video_frame_count(source)
             frames = read_video_frames(source)
         out_h, out_w, _ = output_size(height, width, settings.scale, settings.target_long_side)
         want_images = images is not None and output_connected(cls.hidden.prompt, cls.hidden.unique_id, 0)
@@ -106,13 +98,17 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
             check_image_output(count, out_h, out_w, "connect a VIDEO instead of images and use the 'video' output, "
                                "which streams to a file")
 
-        bar = comfy.utils.ProgressBar(count or 1, node_id=cls.hidden.unique_id)
+        bar = comfy.utils.ProgressBar(count, node_id=cls.hidden.unique_id)
         kept = []
+        started = time.monotonic()
 
         def stream():
             for index, frame in enumerate(upscaler.stream(frames)):
                 mm.throw_exception_if_processing_interrupted()
-                bar.update_absolute(index + 1, max(count or index + 1, index + 1))
+                bar.update_absolute(index + 1, count)
+                if index % 8 == 0 or index + 1 == count:
+                    left = (time.monotonic() - started) / (index + 1) * (count - index - 1)
+                    send_text(f"frame {index + 1}/{count} · about {duration_text(left)} left", cls.hidden.unique_id)
                 if want_images:
                     kept.append(frame)
                 yield frame
@@ -124,4 +120,9 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
         with Mp4Writer(path, fps=fps, audio_from=source if video is not None else None) as writer:
             writer.write_all(stream())
         result = torch.stack(kept).float().div(255) if kept else torch.zeros(1, out_h, out_w, 3)
-        return io.NodeOutput(result, InputImpl.VideoFromFile(path))
+        send_text(f"{writer.frames} frames at {out_w}x{out_h}, "
+                  f"{time.monotonic() - started:.0f} s", cls.hidden.unique_id)
+        subfolder = os.path.relpath(folder, folder_paths.get_output_directory()).replace(os.sep, "/")
+        preview = {"images": [{"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}],
+                   "animated": (True,)}  # ComfyUI plays it, with sound, in the node
+        return io.NodeOutput(result, InputImpl.VideoFromFile(path), ui=preview)

@@ -4,10 +4,11 @@
     {"image": "portraits/ben.png", "audio": "speech/ben.mp3", "models": "/models/hallo3", "output": "ben.mp4"}
 
 Relative paths are relative to the manifest's folder; `output` is a file name in the batch's output folder (default
-`<image name>_<audio name>.mp4`; two jobs with the same output are refused, so each job keeps its own render folder). Blank lines and lines starting with `#` are skipped. The keys are the `generate`
+`<image name>_<audio name>.mp4`). Blank lines and lines starting with `#` are skipped. The keys are the `generate`
 options (hallo_core/cli.py) with underscores: see `KEYS`. A line is bad when it is not a JSON object, has an unknown
 key, a value of the wrong type or out of range, a missing file or models folder, an option its backbone does not
-have, or the same output as an earlier line; every bad line is reported with its line number.
+have, or the output of an earlier line (each job has its own render folder); every bad line is reported with its
+line number.
 """
 
 from __future__ import annotations

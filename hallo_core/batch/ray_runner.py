@@ -134,8 +134,8 @@ def _finish(job: Job, ref, progress: dict) -> dict:
         record = {"line": job.line, "output": job.output, "error": one_line(error.cause or error)}
     except RayError as error:  # the worker or its node died more often than --retries allows
         record = {"line": job.line, "output": job.output,
-                  "error": f"its worker stopped {attempts} times ({type(error).__name__}); finished "
-                           f"clips are kept in {job.render_dir} and running the batch again resumes"}
+                  "error": f"its worker stopped {attempts} time{'s' if attempts > 1 else ''} ({type(error).__name__}); "
+                           f"finished clips are kept in {job.render_dir} and running the batch again resumes"}
     record.update(status="failed" if record["error"] else "done", attempts=attempts, key=job.key)
     if progress["seconds"] is not None:
         record["seconds"] = progress["seconds"]  # from the first attempt's start: what the job cost the batch

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import HalloError
 from ..render.progress import ProgressEvent

@@ -1,23 +1,29 @@
 """`bench`: speed and memory of the Hallo3 engine, at full size (GPU) or tiny size (CPU), with random weights.
 
 Measured in one run, on whatever device it runs:
-* seconds per denoising step (one batched [uncond, cond] transformer call), per 49-frame clip (50 steps, VAE encode
-  of the condition and decode of 13 latent frames) and per output second (a clip adds 47 frames = 1.88 s);
-* the share of a clip spent outside the transformer;
-* peak GPU memory of the denoising and VAE phases (CUDA only);
+* seconds per denoising step (one batched [uncond, cond] transformer call) of the engine's default on this device
+  (regional torch.compile on CUDA GPUs with Triton, eager elsewhere), per 49-frame clip (50 steps, VAE encode of
+  the condition and decode of 13 latent frames) and per output second (a clip adds 47 frames = 1.88 s);
+* where the time goes: a torch profiler summary of one step and of the VAE decode, split into attention, matrix
+  multiplications (and convolutions) and the rest;
+* the share of a clip spent outside the transformer; peak GPU memory of the denoising and VAE phases (CUDA only);
 * model load time and peak host memory growth while loading the transformer from safetensors;
 * speed options against the default, side by side, as ratios, with their deviation from the default output:
-  fp8 weight storage, fp8 matmul, step caching, half the steps.
+  compile (the other state than the default, with the compile time of a fresh process and of a second process
+  using torch's persistent caches), row-wise fp8 matmul, fp8 weight storage, the calibrated step cache and the
+  late-step CFG cache at several settings, half the steps, attention kernels.
 A JSON record is written and a row appended to docs/benchmarks.md with the command that produced it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,20 +33,29 @@ import torch
 from ..errors import InputError
 from ..hallo3.checkpoint import CONFIG_KEY, FORMAT_KEY, FORMATS, load_transformer, store_in_fp8
 from ..hallo3.config import Hallo3Config
-from ..hallo3.denoiser import GuidedDenoiser, build_clip_conditioning
+from ..hallo3.denoiser import GuidedDenoiser, LateCfgCache, build_clip_conditioning
 from ..hallo3.loaders import prepare_transformer
 from ..hallo3.sampler import generator_noise, sample_vp_dpmpp_2m, sat_schedule
-from ..hallo3.step_cache import StepCache
+from ..hallo3.step_cache import CalibratedStepCache, CalibrationRecorder, fit_calibration
 from ..hallo3.transformer import Hallo3Transformer
 from ..loading.safetensors_writer import write_safetensors
-from ..runtime.options import DTYPES, MEMORY_PRESETS
-from .bench_support import device_name, random_module, random_vae, sync
+from ..runtime.attention import INSTALLED, installed_kernel
+from ..runtime.options import DTYPES, MEMORY_PRESETS, compile_supported
+from .bench_support import device_name, profile_split, random_module, random_vae, sync
 from .host_memory import HostMemoryPeak
 from .preset_bench import preset_rows, run_preset_benchmark
 from .tiny_transformer import tiny_config
 
 NEW_SECONDS_PER_CLIP = 47 / 25
-OPTIONS = ("step_cache", "steps", "fp8_storage", "fp8_matmul", "attention", "compile")  # bench --options
+# bench --options
+OPTIONS = ("compile", "fp8_matmul", "fp8_storage", "step_cache", "cfg_cache", "steps", "attention")
+STEP_CACHE_THRESHOLDS = (0.1, 0.2, 0.3)
+CFG_CACHE_SHARES = (0.3, 0.5)
+
+
+def _config(size: str, layers: int | None) -> Hallo3Config:
+    config = Hallo3Config() if size == "full" else tiny_config(32, 5 * 12 * 32)
+    return dataclasses.replace(config, num_layers=layers) if layers is not None else config
 
 
 def _random_model(config: Hallo3Config, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Hallo3Transformer:
@@ -63,7 +78,7 @@ def _conditioning(model: Hallo3Transformer, device: torch.device, dtype: torch.d
 
 def _time_steps(denoiser: GuidedDenoiser, x: torch.Tensor, steps: int, device: torch.device) -> list[float]:
     times = []
-    denoiser(x, 0)  # warm-up
+    denoiser(x, 0)  # warm-up (and the compile, for a compiled model)
     for step in range(steps):
         sync(device)
         started = time.perf_counter()
@@ -73,15 +88,25 @@ def _time_steps(denoiser: GuidedDenoiser, x: torch.Tensor, steps: int, device: t
     return times
 
 
-def _sample(model, conditioning, steps: int, seed: int, cache: float = 0.0) -> torch.Tensor:
+def _sample(model, conditioning, steps: int, seed: int, wrapper=None, late_cfg: float = 0.0) -> torch.Tensor:
+    """The sampled latents of `steps` steps (what the deviations compare), with a step wrapper or CFG cache."""
     config = model.config
     device = next(model.parameters()).device
     schedule = sat_schedule(steps)
     generator = torch.Generator("cpu").manual_seed(seed)
     shape = (1, config.latent_frames, config.out_channels, config.latent_height, config.latent_width)
     x = torch.randn(shape, generator=generator).to(device)
-    denoiser = GuidedDenoiser(model, conditioning, schedule, step_cache=StepCache(cache) if cache else None)
-    return sample_vp_dpmpp_2m(denoiser, x, schedule, generator_noise(generator))
+    denoiser = GuidedDenoiser(model, conditioning, schedule, late_cfg=LateCfgCache(late_cfg) if late_cfg else None)
+    with wrapper.attached(model) if wrapper is not None else contextlib.nullcontext():
+        return sample_vp_dpmpp_2m(denoiser, x, schedule, generator_noise(generator))
+
+
+def _timed_sample(model, conditioning, steps: int, device, **kwargs) -> tuple[float, torch.Tensor]:
+    sync(device)
+    started = time.perf_counter()
+    latents = _sample(model, conditioning, steps, 3, **kwargs)
+    sync(device)
+    return time.perf_counter() - started, latents
 
 
 def _deviation(reference: torch.Tensor, other: torch.Tensor) -> dict:
@@ -110,6 +135,7 @@ def _vae_times(device: torch.device, dtype: torch.dtype, size: str, config: Hall
         result[name] = time.perf_counter() - started
         if device.type == "cuda":
             result[name.replace("_s", "_peak_gpu_mb")] = torch.cuda.max_memory_allocated(device) / 2**20
+    result["decode_profile"] = profile_split(lambda: wrapper.decode(latents), device)
     return result
 
 
@@ -132,26 +158,31 @@ def _load_measurement(model: Hallo3Transformer, dtype: torch.dtype) -> dict:
 
 def run_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None, steps: int = 5,
                   quality_steps: int = 8, layers: int | None = None, load_only: bool = False,
-                  compile_blocks: bool = False, options_wanted: set[str] | None = None) -> dict:
+                  compile_blocks: bool | None = None, options_wanted: set[str] | None = None) -> dict:
+    """`compile_blocks`: the default's compile state (None: the engine's default on this device)."""
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    config = Hallo3Config() if size == "full" else tiny_config(32, 5 * 12 * 32)
-    if layers is not None:
-        config = dataclasses.replace(config, num_layers=layers)
+    config = _config(size, layers)
+    compiled = compile_supported(device) if compile_blocks is None else compile_blocks
     record = {"size": size, "layers": config.num_layers, "device": device_name(device),
-              "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "steps_timed": steps}
+              "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "steps_timed": steps,
+              "default_compiled": compiled}
 
     model = _random_model(config, device, dtype)
     if load_only:  # e.g. full width on a CPU, where a step would take an hour
         record.update(_load_measurement(model, dtype))
         return record
     conditioning = _conditioning(model, device, dtype)
+    eager_model = model
+    if compiled:
+        model = prepare_transformer(_random_model(config, device, dtype), device, compile_blocks=True)
     shape = (1, config.latent_frames, config.out_channels, config.latent_height, config.latent_width)
     x = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(2)).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step_times = _time_steps(GuidedDenoiser(model, conditioning, sat_schedule(50)), x, steps, device)
-    record["step_s"] = statistics.median(step_times)
+    denoiser = GuidedDenoiser(model, conditioning, sat_schedule(50))
+    record["step_s"] = statistics.median(_time_steps(denoiser, x, steps, device))
+    record["step_profile"] = profile_split(lambda: denoiser(x, 1), device)
     if device.type == "cuda":
         record["denoise_peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     record.update(_vae_times(device, dtype, size, config))
@@ -159,103 +190,178 @@ def run_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.dtype | 
     record.update(clip_s=clip, per_output_second_s=clip / NEW_SECONDS_PER_CLIP,
                   outside_transformer_share=(record["encode_s"] + record["decode_s"]) / clip)
 
-    # Speed options, side by side with the default, as ratios and deviations of the sampled latents.
-    want = lambda name: options_wanted is None or name in options_wanted  # noqa: E731
+    # Options, side by side with the default, as ratios and deviations of the sampled latents.
+    want = lambda name: name in options_wanted if options_wanted is not None else (  # noqa: E731
+        name != "compile" or device.type == "cuda")  # compiling on a CPU only when asked
     options = {}
-    default = _sample(model, conditioning, quality_steps, seed=3)
-    for threshold in (0.05, 0.3) if want("step_cache") else ():
-        times = _time_cached(model, conditioning, quality_steps, device, threshold)
-        options[f"step_cache_{threshold}"] = {
-            "speed_ratio": times["default"] / times["cached"],
-            **_deviation(default, _sample(model, conditioning, quality_steps, 3, cache=threshold))}
+    default_time, default = _timed_sample(model, conditioning, quality_steps, device)
+    default_time, default = _timed_sample(model, conditioning, quality_steps, device)  # after any warm-up
+
+    def against_default(variant: Hallo3Transformer, **extra) -> dict:
+        """A variant's step time as a ratio to the default's, and its sampled latents' deviation."""
+        times = _time_steps(GuidedDenoiser(variant, conditioning, sat_schedule(50)), x, steps, device)
+        return {"speed_ratio": record["step_s"] / statistics.median(times), "step_s": statistics.median(times),
+                **extra, **_deviation(default, _sample(variant, conditioning, quality_steps, 3))}
+
+    if want("compile"):
+        options["eager" if compiled else "compile_blocks"] = _compile_option(
+            compiled, eager_model, config, device, dtype, conditioning, x, against_default, size, layers)
+    if want("fp8_matmul"):
+        fp8 = prepare_transformer(_random_model(config, device, dtype), device, fp8_matmul=True,
+                                  compile_blocks=compiled)
+        options["fp8_matmul"] = _guarded(lambda: against_default(
+            fp8, weights_ratio=_block_weight_bytes(fp8) / _block_weight_bytes(eager_model)))
+        del fp8
+    if want("fp8_storage"):
+        fp8 = prepare_transformer(store_in_fp8(_random_model(config, device, dtype), dtype), device,
+                                  weight_casting=True, compile_blocks=compiled)
+        options["fp8_storage"] = _guarded(lambda: against_default(
+            fp8, weights_ratio=_weight_bytes(fp8) / _weight_bytes(eager_model)))
+        del fp8
+    if want("step_cache"):
+        options.update(_step_cache_options(model, conditioning, quality_steps, device, default, default_time))
+    for share in CFG_CACHE_SHARES if want("cfg_cache") else ():
+        seconds, latents = _timed_sample(model, conditioning, quality_steps, device, late_cfg=share)
+        options[f"cfg_cache_{share}"] = {"speed_ratio": default_time / seconds, **_deviation(default, latents)}
     half = max(1, quality_steps // 2)
     if want("steps"):
         options[f"steps_{half}_vs_{quality_steps}"] = {"speed_ratio": quality_steps / half,
                                                        **_deviation(default, _sample(model, conditioning, half, 3))}
-
-    def against_default(variant: Hallo3Transformer) -> dict:
-        """A variant's step time as a ratio to the default's, and its sampled latents' deviation."""
-        times = _time_steps(GuidedDenoiser(variant, conditioning, sat_schedule(50)), x, steps, device)
-        return {"speed_ratio": record["step_s"] / statistics.median(times), "step_s": statistics.median(times),
-                **_deviation(default, _sample(variant, conditioning, quality_steps, 3))}
-
-    if want("fp8_storage"):
-        fp8 = prepare_transformer(store_in_fp8(_random_model(config, device, dtype), dtype), device,
-                                  weight_casting=True)
-        options["fp8_storage"] = {**against_default(fp8), "weights_ratio": _weight_bytes(fp8) / _weight_bytes(model)}
-        del fp8
-    if want("fp8_matmul"):
-        options["fp8_matmul"] = against_default(prepare_transformer(_random_model(config, device, dtype), device,
-                                                                    fp8_matmul=True))
     for backend in ("flash", "cudnn", "efficient") if want("attention") and device.type == "cuda" else ():
         options[f"attention_{backend}"] = _attention_option(backend, model, against_default)
-    if compile_blocks and want("compile"):
-        options["compile_blocks"] = _compiled_option(_random_model(config, device, dtype), device, conditioning, x,
-                                                     against_default)
+    for name in INSTALLED if want("attention") and device.type == "cuda" else ():
+        options[f"attention_{name}"] = _attention_option(name, model, against_default, installed=True)
     record["options"] = options
     if size == "tiny" or os.environ.get("HALLO_BENCH_LOAD") == "1":
-        record.update(_load_measurement(model, dtype))
+        record.update(_load_measurement(eager_model, dtype))
     return record
 
 
-def _attention_option(backend: str, model: Hallo3Transformer, against_default) -> dict:
-    """One SDPA kernel forced for every attention call, against the default (`auto`: PyTorch's choice)."""
+def _step_cache_options(model, conditioning, steps: int, device, default, default_time: float) -> dict:
+    """Calibrate on one sampled run of another seed (as `calibrate` does on one render), then sample with the
+    cache at each threshold: speed against the default's sampling time, deviation, steps skipped."""
+    recorder = CalibrationRecorder(steps)
+    _sample(model, conditioning, steps, seed=7, wrapper=recorder)
+    calibration = fit_calibration(recorder.pairs(), steps, json.loads(model.config.to_json()), 0)
+    options = {}
+    for threshold in STEP_CACHE_THRESHOLDS:
+        cache = CalibratedStepCache(threshold, calibration, steps)
+        seconds, latents = _timed_sample(model, conditioning, steps, device, wrapper=cache)
+        options[f"step_cache_{threshold}"] = {"speed_ratio": default_time / seconds, "skipped": cache.skipped,
+                                              "of_steps": steps, **_deviation(default, latents)}
+    return options
+
+
+def _compile_option(compiled_default: bool, eager_model, config, device, dtype, conditioning, x, against_default,
+                    size: str, layers: int | None) -> dict:
+    """The other compile state than the default, and the compile time of a fresh process with an empty cache folder
+    and of a second process with the folder the first one filled (torch's persistent caches)."""
+    def measure():
+        model = eager_model if compiled_default else prepare_transformer(
+            _random_model(config, device, dtype), device, compile_blocks=True)
+        return against_default(model, **_compile_times(size, device, dtype, layers))
+
+    return _guarded(measure)
+
+
+def _compile_times(size: str, device: torch.device, dtype: torch.dtype, layers: int | None) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": folder}
+        times = []
+        for _ in range(2):
+            probe = (f"from hallo_core.dev.bench import compile_probe; compile_probe({size!r}, {str(device)!r}, "
+                     f"{str(dtype).replace('torch.', '')!r}, {layers!r})")
+            result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                                    cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+            if result.returncode != 0:
+                raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "probe failed")
+            times.append(json.loads(result.stdout.strip().splitlines()[-1])["first_call_s"])
+    return {"compile_s_cold_process": times[0], "compile_s_warm_process": times[1]}
+
+
+def compile_probe(size: str, device: str, dtype: str, layers: int | None) -> None:
+    """In a fresh process: the first call of a compiled model (compile included) and a later one, as JSON."""
+    device = torch.device(device)
+    config = _config(size, layers)
+    model = prepare_transformer(_random_model(config, device, DTYPES[dtype]), device, compile_blocks=True)
+    conditioning = _conditioning(model, device, DTYPES[dtype])
+    x = torch.randn(1, config.latent_frames, config.out_channels, config.latent_height, config.latent_width,
+                    device=device)
+    denoiser = GuidedDenoiser(model, conditioning, sat_schedule(50))
+    sync(device)
+    started = time.perf_counter()
+    denoiser(x, 0)
+    sync(device)
+    first = time.perf_counter() - started
+    print(json.dumps({"first_call_s": first}))
+
+
+def _attention_option(name: str, model: Hallo3Transformer, against_default, installed: bool = False) -> dict:
+    """One kernel for every attention call, against the default (`auto`: PyTorch's choice)."""
     from ..runtime.attention import sdpa_kernel, using_attention_kernel
 
-    try:
-        with using_attention_kernel(model, sdpa_kernel(backend)):
+    def measure():
+        kernel = installed_kernel(name, next(model.parameters()).device) if installed else sdpa_kernel(name)
+        with using_attention_kernel(model, kernel):
             return against_default(model)
-    except Exception as error:  # noqa: BLE001 - a kernel that does not support these shapes on this GPU
-        return _failed(error)
+
+    return _guarded(measure)
 
 
-def _compiled_option(model: Hallo3Transformer, device, conditioning, x, against_default) -> dict:
-    """Regional torch.compile: the first call's compile time, then the step time as a ratio to eager."""
+def _guarded(measure) -> dict:
+    """An option's figures, or why it could not be measured here (a kernel that does not support these shapes,
+    a package that is not installed, no C compiler for inductor): the other figures still count."""
     try:
-        compiled = prepare_transformer(model, device, compile_blocks=True)
-        sync(device)
-        started = time.perf_counter()
-        GuidedDenoiser(compiled, conditioning, sat_schedule(50))(x, 0)
-        sync(device)
-        return {"compile_s": time.perf_counter() - started, **against_default(compiled)}
-    except Exception as error:  # noqa: BLE001 - e.g. no C compiler for inductor; the other figures still count
-        return _failed(error)
-
-
-def _failed(error: Exception) -> dict:
-    message = str(error).splitlines()[0] if str(error) else ""
-    return {"error": f"{type(error).__name__}: {message}"}
-
-
-def _time_cached(model, conditioning, steps: int, device: torch.device, threshold: float) -> dict:
-    times = {}
-    for name, cache in (("default", 0.0), ("cached", threshold)):
-        sync(device)
-        started = time.perf_counter()
-        _sample(model, conditioning, steps, seed=3, cache=cache)
-        sync(device)
-        times[name] = time.perf_counter() - started
-    return times
+        return measure()
+    except Exception as error:  # noqa: BLE001
+        message = str(error).splitlines()[0] if str(error) else ""
+        return {"error": f"{type(error).__name__}: {message}"}
 
 
 def _weight_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def _block_weight_bytes(model: Hallo3Transformer) -> int:
+    return _weight_bytes(model.transformer_blocks)
+
+
+def _split(profile: dict | None) -> str:
+    if not profile:
+        return "-"
+    total = profile["total_ms"] or 1.0
+    return (f"attention {profile['attention_ms'] / total:.0%}, matmul {profile['matmul_ms'] / total:.0%}, "
+            f"other {profile['other_ms'] / total:.0%}")
+
+
+def _option_text(name: str, option: dict) -> str:
+    if "error" in option:
+        return f"{name}: not measured ({option['error']})"
+    text = f"{name}: x{option['speed_ratio']:.2f} speed, PSNR {option['psnr_db']:.1f} dB, max {option['max_abs']:.2g}"
+    if "skipped" in option:
+        text += f", {option['skipped']}/{option['of_steps']} steps skipped"
+    if "weights_ratio" in option:
+        text += f", weights x{option['weights_ratio']:.2f}"
+    if "compile_s_cold_process" in option:
+        text += (f", compile {option['compile_s_cold_process']:.1f} s fresh / "
+                 f"{option['compile_s_warm_process']:.1f} s with the cache")
+    return text
+
+
 def benchmark_row(record: dict, command: str) -> str:
     if "step_s" not in record:  # load only
         return (f"| {datetime.date.today()} | `{command}` | {record['device']} | {record['size']} width, "
-                f"{record['layers']} layers, {record['dtype']} | - | - | - | - | - | {record['load_s']:.2f} s, "
+                f"{record['layers']} layers, {record['dtype']} | - | - | - | - | - | - | {record['load_s']:.2f} s, "
                 f"+{record['load_peak_host_growth_mb']:.0f} MB for {record['weights_mb']:.0f} MB | - |")
-    options = "; ".join(
-        f"{name}: x{o['speed_ratio']:.2f} speed, PSNR {o['psnr_db']:.1f} dB" if "error" not in o else
-        f"{name}: failed ({o['error']})" for name, o in record["options"].items())
+    options = "; ".join(_option_text(name, o) for name, o in record["options"].items())
     gpu = f"{record['denoise_peak_gpu_mb']:.0f}" if "denoise_peak_gpu_mb" in record else "-"
     load = f"{record['load_s']:.2f} s, +{record['load_peak_host_growth_mb']:.0f} MB for {record['weights_mb']:.0f} MB" \
         if "load_s" in record else "-"
-    return (f"| {datetime.date.today()} | `{command}` | {record['device']} | {record['size']} {record['dtype']} | "
+    default = f"{record['size']} {record['dtype']}, {'compiled' if record['default_compiled'] else 'eager'}"
+    return (f"| {datetime.date.today()} | `{command}` | {record['device']} | {default} | "
             f"{record['step_s']:.3f} | {record['clip_s']:.1f} | {record['per_output_second_s']:.1f} | "
-            f"{record['outside_transformer_share']:.1%} | {gpu} | {load} | {options} |")
+            f"{record['outside_transformer_share']:.1%} | step: {_split(record.get('step_profile'))}; decode: "
+            f"{_split(record.get('decode_profile'))} | {gpu} | {load} | {options} |")
 
 
 def _known(listed: str, known: tuple[str, ...], flag: str) -> list[str]:
@@ -276,8 +382,11 @@ def main(args) -> int:
         rows = preset_rows(record, command)
     else:
         wanted = set(_known(args.options, OPTIONS, "--options")) if args.options else None
+        if wanted is None and args.compile:  # --compile on a CPU: the compiled state as an option too
+            wanted = set(OPTIONS)
         record = run_benchmark(args.size, args.device, dtype, args.steps, layers=args.layers,
-                               load_only=args.load_only, compile_blocks=args.compile, options_wanted=wanted)
+                               load_only=args.load_only, compile_blocks=None if args.compile else args.compile,
+                               options_wanted=wanted)
         rows = [benchmark_row(record, command)]
     record["command"] = command
     with open(args.out, "w") as f:

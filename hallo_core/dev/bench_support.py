@@ -53,3 +53,38 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} ({torch.get_num_threads()} threads)"
+
+
+ATTENTION_OPS = ("attention", "flash", "sdpa", "sageattn", "fmha", "cudnn_mha")
+MATMUL_OPS = ("mm", "addmm", "bmm", "matmul", "linear", "_scaled_mm", "gemm", "conv", "cutlass", "sm90_xmma",
+              "cublas", "triton_tem")
+
+
+def profile_split(run, device: torch.device) -> dict:
+    """Where one call of `run` spends its time: torch profiler self time (device time on CUDA, CPU time on a CPU),
+    summed into attention, matrix multiplications (with convolutions) and the rest, in milliseconds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    run()  # warm-up outside the trace
+    sync(device)
+    with profile(activities=activities) as trace:
+        run()
+        sync(device)
+    split = {"attention_ms": 0.0, "matmul_ms": 0.0, "other_ms": 0.0}
+    for event in trace.key_averages():
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if us <= 0 or (not cuda and event.key.startswith(("ProfilerStep", "[memory]"))):
+            continue
+        name = event.key.lower()
+        if cuda and getattr(event, "device_type", None) is not None and "cuda" not in str(event.device_type).lower():
+            continue  # CPU-side records carry no device time anyway
+        if any(word in name for word in ATTENTION_OPS):
+            split["attention_ms"] += us / 1e3
+        elif any(word in name for word in MATMUL_OPS) and "norm" not in name:
+            split["matmul_ms"] += us / 1e3
+        else:
+            split["other_ms"] += us / 1e3
+    split["total_ms"] = sum(split.values())
+    return split

@@ -111,9 +111,9 @@ COMFYUI_FILES = {
     "wav2vec": "audio_encoders/wav2vec2-base-960h",
     "face_models": "insightface/models/antelopev2",
     "vocal_separator": "audio_separator/Kim_Vocal_2.onnx",
-    "upscaler": "upscale_models/hallo2/hallo2_net_g.pth",
+    "upscaler": "hallo_upscaler/hallo2_net_g.pth",
     "background": "upscale_models/RealESRGAN_x2plus.pth",
-    "parsing": "upscale_models/facelib/parsing_parsenet.pth",
+    "parsing": "hallo_upscaler/parsing_parsenet.pth",
 }
 
 

@@ -92,6 +92,8 @@ class Hallo3Settings(RenderSettings):
 class IdentityConditioning:
     """The portrait, prepared once: raw ArcFace embedding and the full / face-masked references at the frame size."""
 
+    family = "hallo3"
+
     face_embedding: torch.Tensor  # (1, 512) float32
     references: ReferenceImages  # (1, 3, H, W) in [-1, 1]
     face_box: tuple[int, int, int, int] | None  # face box in frame pixels (x0, y0, x1, y1), for `protect_face`
@@ -108,6 +110,8 @@ class IdentityConditioning:
 @dataclass
 class SpeechConditioning:
     """The speech, prepared once: wav2vec2 features of (possibly separated) vocals, and the original audio."""
+
+    family = "hallo3"
 
     features: AudioFeatures
     audio: Audio  # the original, unseparated audio: what the video carries
@@ -134,7 +138,7 @@ class Hallo3Video:
 
 
 class Hallo3Backbone:
-    name = "hallo3"
+    name = family = "hallo3"
     phases = ("text_encoder", "reference_net", "vae", "transformer")
     takes_prompt = True
 
@@ -188,7 +192,7 @@ class Hallo3Backbone:
     def prepare_speech(self, audio: Any, separate_vocals: bool = True,
                        long_audio_pieces: bool = False) -> SpeechConditioning:
         if long_audio_pieces:
-            raise InputError("--audio-pieces is a Hallo2 option (its 60 s audio pieces); Hallo3 encodes the whole "
+            raise InputError("audio pieces (--audio-pieces) are a Hallo2 option; Hallo3 encodes the whole "
                              "speech at once")
         original = decode_audio(audio)
         with contextlib.ExitStack() as phase:

@@ -90,6 +90,7 @@ class UNetIdentity:
     reference: UnetReference
     notes: list[str] = field(default_factory=list)
     output_crop = None  # the video is the square itself
+    family = "unet"
 
     @property
     def pixels(self) -> torch.Tensor:  # (1, 3, F, F) in [-1, 1]
@@ -108,6 +109,7 @@ class UNetSpeech:
     features: AudioFeatures
     audio: Audio  # the original, unseparated audio: what the video carries
     notes: list[str] = field(default_factory=list)
+    family = "unet"
 
     @property
     def total_frames(self) -> int:
@@ -125,6 +127,7 @@ class UNetVideo:
 
 
 class UNetBackbone:
+    family = "unet"  # Hallo and Hallo2 share their prepared portrait and speech
     phases = ("projections", "vae", "reference_net", "denoiser")
     takes_prompt = False
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 from fractions import Fraction
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import av
 import numpy as np
@@ -321,6 +321,15 @@ def read_clip_frames(path: str | os.PathLike) -> np.ndarray:
     return np.stack(list(read_video_frames(path)))
 
 
+def video_frame_count(path: str | os.PathLike) -> int:
+    """Frames of the first video stream: the container's count when it keeps one (MP4), else counted by decoding."""
+    with _open(path) as container:
+        if not container.streams.video:
+            raise InputError(f"{path} has no video stream")
+        counted = container.streams.video[0].frames
+    return counted if counted > 0 else sum(1 for _ in read_video_frames(path))
+
+
 def video_frame_rate(path: str | os.PathLike) -> Fraction:
     with _open(path) as container:
         if not container.streams.video:
@@ -330,6 +339,63 @@ def video_frame_rate(path: str | os.PathLike) -> Fraction:
         if not rate:
             raise InputError(f"{path}: cannot tell the frame rate of the video stream")
         return Fraction(rate)
+
+
+def read_audio(path: str | os.PathLike, rate: int | None = None, channels: int | None = None
+               ) -> tuple[np.ndarray, int] | None:
+    """The first audio stream of a media file as float32 (channels, samples), resampled to `rate` / `channels` when
+    given; None when the file has no audio."""
+    with _open(path) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        rate = rate or stream.rate
+        layout = {1: "mono", 2: "stereo"}.get(channels or min(stream.codec_context.layout.nb_channels, 2), "stereo")
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        chunks = []
+        for frame in container.decode(stream):
+            chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+        chunks += [f.to_ndarray() for f in resampler.resample(None)]
+    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((1 if layout == "mono" else 2, 0), np.float32)
+    return samples.astype(np.float32), rate
+
+
+def join_videos(paths: list[str | os.PathLike], out: str | os.PathLike, crf: int = 18,
+                progress: Callable[[int], None] | None = None) -> int:
+    """Videos of one size and frame rate, one after the other, into one MP4 with their sound joined in the same
+    order; frames stream through (memory: one frame), the sound is held (it is small). Returns the frame count."""
+    paths = [os.fspath(p) for p in paths]
+    fps = video_frame_rate(paths[0])
+    sizes = set()
+    for path in paths:
+        with _open(path) as container:
+            if not container.streams.video:
+                raise InputError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            sizes.add((stream.width, stream.height))
+        if video_frame_rate(path) != fps:
+            raise InputError(f"{path} runs at {float(video_frame_rate(path)):g} fps, {paths[0]} at {float(fps):g}; "
+                             "join videos of one frame rate")
+    if len(sizes) > 1:
+        raise InputError(f"the videos have different sizes ({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); join "
+                         "segments of one render")
+    audio, first = [], read_audio(paths[0])
+    for path in paths:
+        frames = video_frame_count(path) if first is not None else 0
+        track = read_audio(path, first[1], first[0].shape[0]) if first is not None else None
+        if first is not None:
+            wanted = round(frames * first[1] / fps)  # each video's sound is as long as its frames, padded or cut
+            track = track[0] if track is not None else np.zeros((first[0].shape[0], 0), np.float32)
+            track = np.pad(track, ((0, 0), (0, max(0, wanted - track.shape[1]))))[:, :wanted]
+            audio.append(track)
+    sound = (np.concatenate(audio, axis=1), first[1]) if first is not None else None
+    with Mp4Writer(out, fps=fps, audio=sound, crf=crf) as writer:
+        for path in paths:
+            for frame in read_video_frames(path):
+                writer.write(frame)
+                if progress is not None:
+                    progress(writer.frames)
+    return writer.frames
 
 
 def probe(path: str | os.PathLike) -> dict:

@@ -104,3 +104,13 @@ class ModuleHost:
 
 def module_bytes(module: nn.Module) -> int:
     return sum(tensor.numel() * tensor.element_size() for *_, tensor in _module_tensors(module))
+
+
+def move_unstreamed(module: nn.Module, device: torch.device | str) -> nn.Module:
+    """Move every parameter and buffer except streamed blocks' (their streamer places them) to `device`."""
+    for owner, kind, name, tensor in list(_module_tensors(module)):
+        if kind == "param":
+            owner._parameters[name].data = tensor.data.to(device)
+        else:
+            owner._buffers[name] = tensor.to(device)
+    return module

@@ -86,6 +86,7 @@ class Backbone(Protocol):
     """A model family the engine can render with. Attributes are read-only facts of the loaded models."""
 
     name: str  # "hallo3", "hallo", "hallo2"
+    family: str  # backbones of one family share their prepared portrait and speech ("hallo3", "unet")
     frame_size: tuple[int, int]  # (height, width) of rendered frames
     phases: tuple[str, ...]  # model names used in the clip loop, in order (memory presets move them)
 
@@ -93,11 +94,11 @@ class Backbone(Protocol):
         """Clips of a video of `total_frames` output frames under `settings` (motion frames, ...)."""
 
     def prepare_identity(self, image: Any, allow_no_face: bool = False) -> Any:
-        """The portrait, prepared once; has `.notes`, `.output_crop` and `.digest()`."""
+        """The portrait, prepared once; has `.family`, `.notes`, `.output_crop` and `.digest()`."""
 
     def prepare_speech(self, audio: Any, separate_vocals: bool = True) -> Any:
-        """The speech, prepared once; has `.total_frames`, `.audio` (the original, for the MP4), `.notes` and
-        `.digest()`."""
+        """The speech, prepared once; has `.family`, `.total_frames`, `.audio` (the original, for the MP4), `.notes`
+        and `.digest()`."""
 
     def prepare_video(self, identity: Any, speech: Any, prompt: str, settings: Any) -> Any:
         """Per-video work shared by all its clips (text states, reference tokens, ...)."""

@@ -59,6 +59,10 @@ class Segment:
 
     def __init__(self, backbone: Backbone, identity: Any, speech: Any, prompt: str, settings: Any,
                  clips: range | None = None, previous: Continuation | None = None):
+        for what, prepared in (("portrait", identity), ("speech", speech)):
+            if getattr(prepared, "family", backbone.family) != backbone.family:
+                raise InputError(f"the {what} was prepared for another model family ({prepared.family}) than this "
+                                 f"{backbone.name} model; prepare it with the same model")
         self.backbone = backbone
         self.identity = identity
         self.speech = speech

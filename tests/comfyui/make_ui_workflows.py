@@ -31,6 +31,9 @@ TITLES = {
     "hallo3_portrait_to_video": "Hallo3: portrait + speech -> talking video with sound",
     "hallo3_long_video_segments": "Hallo3: long video in chained segments, one prompt per segment",
     "hallo3_long_video_4k": "Hallo3: long video in segments, upscaled to 4K with Hallo2's VQ face upscaler",
+    "hallo2_portrait_to_video": "Hallo2: portrait + speech -> talking video (8-16 GB GPUs)",
+    "hallo2_long_video_4k": "Hallo2: long video in segments, upscaled to 4K (the official Hallo2 system)",
+    "hallo_expression_control": "Hallo: how much the speech moves the head, the face and the lips",
 }
 
 
@@ -59,7 +62,7 @@ def layout(ui: dict) -> dict:
 
 def annotate(ui: dict) -> dict:
     for node in ui["nodes"]:
-        if node["type"] == "HalloDiTDenoise":  # shipped workflows reproduce: the seed stays as saved
+        if node["type"] in ("HalloDiTDenoise", "HalloUNetDenoise"):  # shipped workflows reproduce: the seed stays
             node["widgets_values"] = ["fixed" if v == "randomize" else v for v in node["widgets_values"]]
         properties = node.setdefault("properties", {})
         if node["type"].startswith(("Hallo", "LoadHallo")):

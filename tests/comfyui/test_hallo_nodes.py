@@ -25,8 +25,12 @@ OUR_NODES = {
     "HalloIdentityReference": "Hallo Identity Reference",
     "HalloMotionFrameSampler": "Hallo Motion Frame Sampler",
     "HalloDiTDenoise": "Hallo3 DiT Denoise",
+    "HalloUNetDenoise": "Hallo/Hallo2 UNet Denoise",
+    "HalloJoinVideos": "Hallo Join Videos",
     "HalloVQTemporalUpscale4K": "Hallo2 VQ Temporal Upscale 4K",
 }
+WORKFLOW_NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
+TINY_SIZE = 64  # the tiny UNet models' frame size
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +58,26 @@ def _video_frames(audio_path: Path) -> int:
 
 
 def _workflow(name: str, steps: int = 2) -> dict:
+    """A shipped API workflow on the tiny models and the 2.2 s test speech: few steps, tiny frames, segment 2 from
+    the speech's second clip (Hallo3: 47 frames, Hallo/Hallo2: 2 x 16), the 4K upscale at x2."""
     prompt = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
     for node in prompt.values():
-        if node["class_type"] == "HalloDiTDenoise":
-            node["inputs"]["steps"] = steps
-            if node["inputs"]["start_seconds"] > 0:
-                node["inputs"]["start_seconds"] = 1.88  # the 2.2 s test speech: segment 2 is its second clip
-        if node["class_type"] == "HalloDiTDenoise" and node["inputs"]["duration_seconds"] > 0:
-            node["inputs"]["duration_seconds"] = 1.88
+        inputs = node["inputs"]
+        if node["class_type"] in ("HalloDiTDenoise", "HalloUNetDenoise"):
+            split = 1.88 if node["class_type"] == "HalloDiTDenoise" else 1.28
+            inputs["steps"] = steps
+            if inputs["start_seconds"] > 0:
+                inputs["start_seconds"] = split
+            if inputs["duration_seconds"] > 0:
+                inputs["duration_seconds"] = split
+        if node["class_type"] == "LoadHalloModel":
+            inputs["size"] = TINY_SIZE
         if node["class_type"] == "HalloVQTemporalUpscale4K":
-            node["inputs"]["target"], node["inputs"]["scale"] = "scale", 2.0
+            inputs["target"], inputs["scale"] = "scale", 2.0
     return prompt
 
 
-def test_the_six_nodes_are_registered_with_their_inputs(hallo_server):
+def test_the_nodes_are_registered_with_their_inputs(hallo_server):
     assert not hallo_server.import_failures(), hallo_server.log_tail()
     info = hallo_server.object_info()
     for node_id, display in OUR_NODES.items():
@@ -84,11 +94,21 @@ def test_the_six_nodes_are_registered_with_their_inputs(hallo_server):
     shipped = {p.stem for p in WORKFLOWS.glob("*.json")}
     assert set(templates.get("hallo-nodes", [])) == shipped, templates  # the template browser: UI files only
     loader = info["LoadHalloModel"]["input"]["required"]
-    assert "hallo3/hallo3_transformer_bf16.safetensors" in loader["transformer"][1]["options"]
+    models = loader["diffusion_model"][1]["options"]
+    assert {"hallo3/hallo3_transformer_bf16.safetensors", "hallo2/hallo2_unet_fp16.safetensors",
+            "hallo/hallo_unet_fp16.safetensors"} <= set(models)
+    assert not [m for m in models if "reference" in m]  # roles: the reference network is not a diffusion model
+    assert loader["reference"][1]["options"][2:] == ["hallo3/hallo3_reference_bf16.safetensors"]
     assert "t5-v1_1-xxl" in loader["text_encoder"][1]["options"]
+    assert "hallo2_net_g.pth" in loader["upscaler"][1]["options"]
+    core_upscalers = info["UpscaleModelLoader"]["input"]["required"]["model_name"][0]
+    assert core_upscalers == ["RealESRGAN_x2plus.pth"]  # Hallo2's restorer and parser are in their own folder
+    unet = info["HalloUNetDenoise"]["input"]
+    assert {"pose_weight", "expression_weight", "lip_weight"} <= set(unet["required"])
+    assert info["HalloIdentityReference"]["output"] == ["HALLO_IDENTITY", "MASK", "MASK", "MASK"]
 
 
-@pytest.mark.parametrize("name", ["hallo3_portrait_to_video", "hallo3_long_video_segments", "hallo3_long_video_4k"])
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_api_workflow_runs_on_tiny_models(hallo_server, tmp_path, name):
     from hallo_core.media.video import probe
 
@@ -104,6 +124,7 @@ def test_api_workflow_runs_on_tiny_models(hallo_server, tmp_path, name):
     assert abs(audio["duration"] - info["frames"] / 25) <= 1 / 25 + 1e-6
     video = next(s for s in info["streams"] if s["type"] == "video")
     assert (video["width"], video["height"]) == ((128, 128) if name.endswith("4k") else (64, 64))
+    assert not [f for f in files if f.suffix == ".png" and "hallo_renders" in f.parts]  # no IMAGE batch in between
 
 
 def test_face_upsample_changes_the_face_and_needs_an_upscale_model(hallo_server, tmp_path):
@@ -112,17 +133,18 @@ def test_face_upsample_changes_the_face_and_needs_an_upscale_model(hallo_server,
     from PIL import Image
 
     workflow = _workflow("hallo3_long_video_4k")
-    upscale = next(n for n in workflow.values() if n["class_type"] == "HalloVQTemporalUpscale4K")
+    upscale = _node(workflow, "HalloVQTemporalUpscale4K")
     outputs = {}
     for face_upsample in (False, True):
         prompt = {
             "1": {"class_type": "LoadImage", "inputs": {"image": "portrait.jpg"}},
             "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "bilinear",
                                                          "width": 96, "height": 96, "crop": "center"}},
-            "3": workflow["3"],
-            "13": workflow["13"],
+            "3": _node(workflow, "LoadHalloModel"),
+            "13": _node(workflow, "UpscaleModelLoader"),
             "14": {"class_type": "HalloVQTemporalUpscale4K",
-                   "inputs": {**upscale["inputs"], "images": ["2", 0], "face_upsample": face_upsample}},
+                   "inputs": {**upscale["inputs"], "images": ["2", 0], "upscale_model": ["13", 0],
+                              "model": ["3", 0], "face_upsample": face_upsample}},
             "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0],
                                                           "filename_prefix": f"face_upsample_{face_upsample}"}},
         }
@@ -135,10 +157,15 @@ def test_face_upsample_changes_the_face_and_needs_an_upscale_model(hallo_server,
     assert (outputs[True] != outputs[False]).any(axis=-1).mean() > 0.01  # a face was found and pasted differently
 
     del prompt["14"]["inputs"]["upscale_model"]
+    prompt["14"]["inputs"].pop("video", None)
     result = hallo_server.run(prompt, timeout=600)
     assert result["status"] == "error"
     message = result["data"]["exception_message"].strip()
     assert "face upsampling needs a super-resolution model" in message and "\n" not in message
+
+
+def _node(prompt: dict, class_type: str) -> dict:
+    return next(n for n in prompt.values() if n["class_type"] == class_type)
 
 
 def test_interrupt_stops_dit_denoise_within_a_step(hallo_server):
@@ -164,29 +191,59 @@ def test_interrupt_stops_dit_denoise_within_a_step(hallo_server):
 
 def test_bad_prompts_are_refused_and_the_server_stays_up(hallo_server):
     base = _workflow("hallo3_portrait_to_video")
+    loader = next(k for k, n in base.items() if n["class_type"] == "LoadHalloModel")
+    denoise = next(k for k, n in base.items() if n["class_type"] == "HalloDiTDenoise")
     traversal = json.loads(json.dumps(base))
-    traversal["3"]["inputs"]["transformer"] = "../../../../etc/passwd"
+    traversal[loader]["inputs"]["diffusion_model"] = "../../../../etc/passwd"
     with pytest.raises(harness.PromptRejected) as rejected:
         hallo_server.run(traversal)
-    assert "is not in ComfyUI's 'diffusion_models' model folders" in str(rejected.value)
+    errors = rejected.value.body["node_errors"][loader]["errors"]
+    assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "diffusion_model"  # one error per mistake
     absolute = json.loads(json.dumps(base))
-    absolute["3"]["inputs"]["text_encoder"] = "/etc"
+    absolute[loader]["inputs"]["text_encoder"] = "/etc"
     with pytest.raises(harness.PromptRejected):
         hallo_server.run(absolute)
     missing = json.loads(json.dumps(base))
-    del missing["6"]["inputs"]["speech"]
+    del missing[denoise]["inputs"]["speech"]
     with pytest.raises(harness.PromptRejected):
         hallo_server.run(missing)
     official = json.loads(json.dumps(base))
-    official["3"]["inputs"]["transformer"] = "(official pretrained_models)"
+    official[loader]["inputs"]["diffusion_model"] = "(official pretrained_models)"
     result = hallo_server.run(official, timeout=300)
     assert result["status"] == "error"
     message = result["data"]["exception_message"].strip()
     assert "no official folder is selected" in message and "\n" not in message
+    assert result["data"]["exception_type"] == "hallo.ModelFileError"  # not the install path
+    # A Hallo3 model into UNetDenoise (and the reverse) names the node to use.
+    unet = _workflow("hallo2_portrait_to_video")
+    unet_loader = next(k for k, n in unet.items() if n["class_type"] == "LoadHalloModel")
+    unet[unet_loader]["inputs"].update(base[loader]["inputs"])
+    result = hallo_server.run(unet, timeout=300)
+    assert result["status"] == "error" and "use DiTDenoise" in result["data"]["exception_message"]
     assert hallo_server.alive()
 
 
-@pytest.mark.parametrize("name", ["hallo3_portrait_to_video", "hallo3_long_video_segments", "hallo3_long_video_4k"])
+def test_interrupted_unet_denoise_resumes_its_finished_clips(hallo_server):
+    prompt = _workflow("hallo2_portrait_to_video", steps=12)
+    denoise = next(k for k, n in prompt.items() if n["class_type"] == "HalloUNetDenoise")
+    prompt[denoise]["inputs"]["seed"] = 11  # not cached by an earlier test
+    interrupted = threading.Event()
+
+    def on_event(kind, data):
+        if kind == "progress" and str(data.get("node")) == denoise and data.get("value", 0) >= 15:
+            if not interrupted.is_set():
+                interrupted.set()  # clip 1 is finished, clip 2 is under way
+                hallo_server.interrupt()
+
+    result = hallo_server.run(prompt, timeout=600, on_event=on_event)
+    assert result["status"] == "interrupted", result["status"]
+    rerun = hallo_server.run(prompt, timeout=600)
+    assert rerun["status"] == "success"
+    text = " ".join(rerun["history"]["outputs"][denoise]["text"])
+    assert "4 clips, 1 resumed" in text, text
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_ui_workflow_loads_in_the_browser(hallo_server, chromium, tmp_path, name):
     errors = harness.open_ui(chromium, hallo_server.url)
     report = harness.load_workflow_in_ui(chromium, json.loads((WORKFLOWS / f"{name}.json").read_text()),
