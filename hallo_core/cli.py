@@ -271,13 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=5, help="timed denoising steps")
     bench.add_argument("--layers", type=int, default=None, help="fewer layers than the size's (e.g. full width, 8)")
     bench.add_argument("--load-only", action="store_true", help="only the load time and host memory measurement")
-    bench.add_argument("--presets", nargs="?", const="full,balanced,low", default=None,
-                       help="instead: render one clip (--steps steps) under each memory preset (default all three, "
+    bench.add_argument("--presets", nargs="?", const="full,balanced,low,12gb", default=None,
+                       help="instead: render one clip (--steps steps) under each memory preset (default all four, "
                             "or a comma-separated list; the first is the others' reference); peak GPU memory")
-    bench.add_argument("--compile", action="store_true", help="also time regional torch.compile (compiles first)")
+    bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="default: the engine's own default (compiled on CUDA GPUs with Triton); --compile on a "
+                            "CPU also measures the compiled step; --no-compile makes the eager path the default row")
     bench.add_argument("--options", default=None,
-                       help="only these speed options, comma-separated: step_cache,steps,fp8_storage,fp8_matmul,"
-                            "attention,compile (default: all; compile also needs --compile)")
+                       help="only these speed options, comma-separated: compile,fp8_matmul,fp8_storage,step_cache,"
+                            "cfg_cache,steps,attention (default: all; compile on a CPU only when listed or with "
+                            "--compile)")
     bench.add_argument("--out", default="bench.json", help="JSON record")
     bench.add_argument("--docs", default=None, help="append a row to this markdown file (docs/benchmarks.md)")
     bench.set_defaults(run=lambda args: __import__("hallo_core.dev.bench", fromlist=["main"]).main(args))

@@ -115,22 +115,19 @@ def comfy_hallo3_model(files, options, upscaler: str | None = None, attention_ke
     """Hallo3 with its models under ComfyUI's model management (fp8 storage cast by comfy.ops, not by ours)."""
     from ..hallo_core.hallo3.backbone import Hallo3Backbone
     from ..hallo_core.hallo3.checkpoint import TransformerWeights
-    from ..hallo_core.hallo3.loaders import model_loaders
+    from ..hallo_core.hallo3.loaders import model_loaders, phase_working_memory
     from ..hallo_core.loading.file_identity import file_identity
 
     config = TransformerWeights(files.transformer, "main").config()
     loaders = model_loaders(files, config, options, weight_casting=False, onnx_device=mm.get_torch_device(),
                             attention_kernel=attention_kernel)
-    tokens = config.text_length + config.latent_frames * config.tokens_per_frame + config.tokens_per_frame
-    element = torch.finfo(options.dtype).bits // 8
-    memory_required = {  # activations of one phase, beyond the weights (rough upper bounds)
-        "transformer": 2 * tokens * (config.mlp_dim + 4 * config.hidden_size) * element * 2,
-        "vae": 3 * 49 * 128 * config.pixel_size[0] * config.pixel_size[1] * element,
-    }
+    working = phase_working_memory(config, options.dtype, options.plan)  # the tiled decode of `12gb` needs less
+    memory_required = {name: working[name] for name in ("transformer", "vae")}  # activations beyond the weights
     models = ComfyModels(loaders, memory_required,
                          cast_weights={"transformer", "reference_net"} if options.fp8_storage else set(),
                          full_load=options.keep_resident)
-    backbone = Hallo3Backbone(models, config, options, weights=file_identity(vars(files)))
+    backbone = Hallo3Backbone(models, config, options, weights=file_identity(vars(files)),
+                              transformer_path=files.transformer)
     return HalloModel(backbone, models, files, options, upscaler)
 
 

@@ -14,22 +14,15 @@ from ..hallo_core.runtime.options import MEMORY_PRESETS, PRECISIONS, EngineOptio
 from . import model_folders as folders
 from .comfy_models import comfy_hallo3_model, comfy_unet_model
 from .hallo_types import CATEGORY, HalloModelType
+from .inputs import choice_input, model_combo
 from .segment_node import send_text
 
-ATTENTION = ["comfy", "sdpa", "flash", "cudnn", "efficient"]
+ATTENTION = ["comfy", "sdpa", "flash", "cudnn", "efficient", "flash3", "flash4", "sage"]
 UNET_FORMAT_VERSION = "hallo_unet.version"
 
 
 def choices(extra: list[str], found: list[str]) -> list[str]:
     return extra + [name for name in found if name not in extra]
-
-
-def model_combo(name: str, folder: str, options: list[str], tooltip: str) -> io.Combo.Input:
-    """A combo of names inside a ComfyUI model folder; `model_folder` in its spec tells tools (workflow validators)
-    that the choices are files of the installation. ComfyUI refuses, at queue time, a name not in the list."""
-    combo = io.Combo.Input(name, options=options, tooltip=tooltip)
-    combo.extra_dict = {**getattr(combo, "extra_dict", {}), "model_folder": folder}  # merged into /object_info
-    return combo
 
 
 class LoadHalloModel(io.ComfyNode):
@@ -69,17 +62,22 @@ class LoadHalloModel(io.ComfyNode):
                 model_combo("upscaler", "hallo_upscaler", choices([none], folders.files(
                     "hallo_upscaler", suffixes=(".pth", ".pt", ".safetensors"))),
                     "Hallo2's temporal VQ face upscaler (net_g) in models/hallo_upscaler, for VQTemporalUpscale4K"),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                choice_input("precision", list(PRECISIONS), default="auto",
                                tooltip="auto: bf16 on a GPU, fp32 on a CPU; fp8_e4m3fn stores the large networks' "
                                        "matrices in 8 bits (half the memory, small cost)"),
-                io.Combo.Input("memory", options=list(MEMORY_PRESETS), default="balanced",
+                choice_input("memory", list(MEMORY_PRESETS), default="balanced",
                                tooltip="balanced: ComfyUI loads each model only for its phase; full: keep them all "
-                                       "on the GPU; low: fp8 storage and weights streamed to the GPU as needed"),
-                io.Combo.Input("attention", options=ATTENTION, default="comfy",
+                                       "on the GPU; low: fp8 storage and weights streamed to the GPU as needed; "
+                                       "12gb: low plus a tiled VAE decode (12 GB cards; frames change slightly)"),
+                choice_input("attention", ATTENTION, default="comfy",
                                tooltip="comfy: ComfyUI's optimized attention (follows --use-sage-attention etc.); "
-                                       "the others pick a PyTorch SDPA kernel; all compute the same attention"),
-                io.Boolean.Input("compile", default=False,
-                                 tooltip="torch.compile each transformer block: faster steps after a slow first one"),
+                                       "sdpa/flash/cudnn/efficient: a PyTorch SDPA kernel (exact); flash3/flash4: "
+                                       "an installed FlashAttention 3/4 (exact); sage: SageAttention (int8, changes "
+                                       "the result a little)"),
+                io.Boolean.Input("compile", default=True,
+                                 tooltip="torch.compile each transformer block where it pays (CUDA GPUs with Triton): "
+                                         "faster steps after a first one that compiles (cached on disk for the next "
+                                         "run); off keeps the eager path"),
                 io.Int.Input("size", default=512, min=64, max=2048, step=64,
                              tooltip="Hallo/Hallo2 only: the square frame side in pixels (official 512)"),
             ],
@@ -95,7 +93,7 @@ class LoadHalloModel(io.ComfyNode):
         backbone = _backbone_of(diffusion_model, root)
         picks = _Picks(root, backbone)
         upscaler_path = None if upscaler == folders.NONE else folders.resolve_file("hallo_upscaler", upscaler)
-        options = EngineOptions.resolve(mm.get_torch_device(), precision, memory, "auto", compile)
+        options = EngineOptions.resolve(mm.get_torch_device(), precision, memory, "auto", None if compile else False)
         kernel = _attention_kernel(attention)
         if backbone == "hallo3":
             if reference == folders.NONE or text_encoder == folders.NONE:
@@ -205,8 +203,10 @@ def _check_vae(path: str, kind: str, backbone: str) -> None:
 
 def _attention_kernel(choice: str):
     """The kernel the models compute attention with (per model: two loaders keep their own choice)."""
-    from ..hallo_core.runtime.attention import sdpa_kernel
+    from ..hallo_core.runtime.attention import INSTALLED, installed_kernel, sdpa_kernel
 
+    if choice in INSTALLED:  # refused in one line naming the package when it is missing
+        return installed_kernel(choice, mm.get_torch_device())
     if choice != "comfy":
         return sdpa_kernel("auto" if choice == "sdpa" else choice)
     from comfy.ldm.modules.attention import optimized_attention

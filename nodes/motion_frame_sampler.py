@@ -8,6 +8,7 @@ from comfy_api.latest import io, ui
 from ..hallo_core.errors import InputError
 from ..hallo_core.render.backbone import Continuation
 from .hallo_types import CATEGORY, HalloMotion, HalloMotionType
+from .inputs import choice_input
 
 OFFICIAL = "official"
 
@@ -36,7 +37,7 @@ class HalloMotionFrameSampler(io.ComfyNode):
                              tooltip="Hallo2 patch-drop: drop square patches of this size (1: single pixels)"),
                 io.Float.Input("noise_std", default=0.0, min=0.0, max=0.5, step=0.005,
                                tooltip="Hallo2 Gaussian noise on the motion frames (0: off)"),
-                io.Combo.Input("protect_face", options=[OFFICIAL, "on", "off"], default=OFFICIAL,
+                choice_input("protect_face", [OFFICIAL, "on", "off"], default=OFFICIAL,
                                tooltip="never drop pixels inside the portrait's face box (official: Hallo2 on)"),
             ],
             outputs=[HalloMotionType.Output(display_name="motion",

@@ -24,7 +24,7 @@ from ..hallo_core.upscaler.video import UpscaleSettings, output_size
 from ..hallo_core.upscaler.video_file import build_video_upscaler
 from . import model_folders as folders
 from .hallo_types import CATEGORY, HalloModelType
-from .load_hallo_model import model_combo
+from .inputs import choice_input, model_combo
 from .segment_node import check_image_output, duration_text, output_connected, send_text
 
 TARGETS = ["scale", "1080p (long side 1920)", "4K (long side 3840)", "long side 4096"]
@@ -51,7 +51,8 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
                 model_combo("parsing_model", "hallo_upscaler", [folders.NONE] + folders.files(
                     "hallo_upscaler", contains=("parsing",)),
                     "parsing_parsenet.pth for the official soft face mask; none: a feathered box"),
-                io.Combo.Input("target", options=TARGETS, default="scale"),
+                choice_input("target", TARGETS, default="scale",
+                             tooltip="the output size: 'scale' multiplies by scale; the others set the long side"),
                 io.Float.Input("scale", default=4.0, min=1.0, max=8.0, step=0.5,
                                tooltip="with target 'scale': 4 turns 480x720 into 1920x2880"),
                 io.Float.Input("fidelity_weight", default=0.5, min=0.0, max=1.0, step=0.05,

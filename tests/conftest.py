@@ -51,6 +51,17 @@ def in_portable_mkl(request) -> bool:
     return False
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small kernels: one thread is as fast here and does not fight other jobs for the cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def python_env() -> dict:
     """Environment for subprocesses that import the repository's packages."""
     env = dict(os.environ)

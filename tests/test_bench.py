@@ -8,28 +8,40 @@ from hallo_core.dev.preset_bench import preset_rows, run_preset_benchmark
 
 def test_preset_benchmark_renders_each_preset_and_compares_it_with_the_first():
     record = run_preset_benchmark("tiny", "cpu", steps=2)
-    full, balanced, low = (record["presets"][name] for name in ("full", "balanced", "low"))
+    full, balanced, low, small = (record["presets"][name] for name in ("full", "balanced", "low", "12gb"))
     assert full["finite"] and full["compared_with"] is None
     assert balanced["identical"] and balanced["max_abs"] == 0.0  # same weights, same maths
     assert not low["identical"] and 0 < low["max_abs"] < 0.5  # fp8 weights
+    assert not small["vs_low"]["identical"] and small["vs_low"]["mean_abs"] < 0.06  # low's latents, tiled decode
     assert {"text_encoder", "vae", "reference_net", "transformer"} <= set(balanced["phases"])
     assert balanced["phases"]["transformer"]["uses"] == 2  # reference keys/values once, then the clip
-    assert len(preset_rows(record, "bench --presets")) == 3
+    rows = preset_rows(record, "bench --presets")
+    assert len(rows) == 4 and "vs low:" in rows[3]
 
 
-def test_transformer_benchmark_times_steps_and_the_selected_options():
-    record = run_benchmark("tiny", "cpu", torch.float32, steps=2, quality_steps=4, options_wanted={"steps"})
-    assert record["step_s"] > 0 and record["clip_s"] > 50 * record["step_s"]
-    assert list(record["options"]) == ["steps_2_vs_4"]
-    assert record["options"]["steps_2_vs_4"]["speed_ratio"] == 2.0
-    assert record["options"]["steps_2_vs_4"]["max_abs"] > 0  # half the steps is a different result
-    assert "| tiny float32 |" in benchmark_row(record, "bench")
+def test_transformer_benchmark_times_steps_options_and_where_the_time_goes():
+    record = run_benchmark("tiny", "cpu", torch.float32, steps=2, quality_steps=4,
+                           options_wanted={"steps", "step_cache", "cfg_cache", "fp8_matmul"})
+    assert record["step_s"] > 0 and record["clip_s"] > 50 * record["step_s"] and not record["default_compiled"]
+    for profile in (record["step_profile"], record["decode_profile"]):
+        assert profile["total_ms"] > 0 and profile["matmul_ms"] > 0
+    assert record["step_profile"]["attention_ms"] > 0 and record["decode_profile"]["attention_ms"] == 0
+    assert record["tiled_decode"]["max_abs"] > 0  # the 12gb preset's decode, against the official one
+    options = record["options"]
+    assert set(options) == {"steps_2_vs_4", "step_cache_0.1", "step_cache_0.2", "step_cache_0.3", "cfg_cache_0.3",
+                            "cfg_cache_0.5", "fp8_matmul"}
+    assert options["steps_2_vs_4"]["speed_ratio"] == 2.0 and options["steps_2_vs_4"]["max_abs"] > 0
+    assert all(0 <= options[f"step_cache_{t}"]["skipped"] <= 2 for t in (0.1, 0.2, 0.3))  # first, last compute
+    assert options["fp8_matmul"]["weights_ratio"] < 0.8 and options["fp8_matmul"]["max_abs"] > 0
+    row = benchmark_row(record, "bench")
+    assert "| tiny float32, eager |" in row and "step: attention" in row and "steps skipped" in row
+    assert "tiled decode (12gb)" in row
 
 
 def test_unknown_presets_or_options_are_refused_in_one_line(capsys):
     from hallo_core.cli import main
 
     assert main(["bench", "--presets", "full,fast", "--out", "unused.json"]) == 2
-    assert "error: --presets: unknown fast; choose from full,balanced,low" in capsys.readouterr().err
+    assert "error: --presets: unknown fast; choose from balanced,full,low,12gb" in capsys.readouterr().err
     assert main(["bench", "--options", "fp8", "--out", "unused.json"]) == 2
-    assert "error: --options: unknown fp8; choose from step_cache,steps" in capsys.readouterr().err
+    assert "error: --options: unknown fp8; choose from compile,fp8_matmul" in capsys.readouterr().err

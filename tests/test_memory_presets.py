@@ -17,12 +17,18 @@ def speech_file(portraits_dir, tmp_path_factory):
     return cut_audio(portraits_dir / "0003.wav", 2.5, tmp_path_factory.mktemp("audio") / "speech.wav")
 
 
+_RENDERS = {}
+
+
 def _render(tiny_models, portraits_dir, speech_file, memory, settings=RenderSettings(steps=2, seed=11)):
-    pipeline = tiny_backbone(tiny_models, memory)
-    identity = pipeline.prepare_identity(str(portraits_dir / "0003.jpg"))
-    speech = pipeline.prepare_speech(str(speech_file), separate_vocals=False)
-    frames = torch.cat([clip.frames for clip in render_all(pipeline, identity, speech, "a woman", settings)])
-    return frames, pipeline.models
+    key = (str(tiny_models), memory, settings)  # one render per preset and settings for the whole module
+    if key not in _RENDERS:
+        pipeline = tiny_backbone(tiny_models, memory)
+        identity = pipeline.prepare_identity(str(portraits_dir / "0003.jpg"))
+        speech = pipeline.prepare_speech(str(speech_file), separate_vocals=False)
+        frames = torch.cat([clip.frames for clip in render_all(pipeline, identity, speech, "a woman", settings)])
+        _RENDERS[key] = frames, pipeline.models
+    return _RENDERS[key]
 
 
 def test_balanced_equals_full_and_keeps_one_large_model_resident(tiny_models, portraits_dir, speech_file):
@@ -92,15 +98,6 @@ def test_compiled_blocks_keep_block_streaming_outside_the_graph(tiny_models):
     assert streamer.loads == 2 * config.num_layers and not streamer.ready
 
 
-def test_step_cache_skips_steps_and_changes_little(tiny_models, portraits_dir, speech_file):
-    exact, _ = _render(tiny_models, portraits_dir, speech_file, "full", RenderSettings(steps=8, seed=11))
-    cached, _ = _render(tiny_models, portraits_dir, speech_file, "full",
-                        RenderSettings(steps=8, seed=11, step_cache=0.5))
-    assert not torch.equal(exact, cached)
-    off, _ = _render(tiny_models, portraits_dir, speech_file, "full", RenderSettings(steps=8, seed=11, step_cache=0.0))
-    assert torch.equal(exact, off)
-
-
 def test_weight_casting_upcasts_fp8_layers_only():
     layer = torch.nn.Linear(4, 3)
     plain = torch.nn.Linear(4, 3)
@@ -137,17 +134,111 @@ def test_carry_latents_changes_the_continuation_only(tiny_models, portraits_dir,
     assert not torch.equal(official[47:], carried[47:])
 
 
-def test_fp8_matmul_stays_close_to_the_exact_layer():
-    from hallo_core.memory.weight_casting import Fp8MatmulLinear, enable_fp8_matmul
+def test_host_copy_is_one_buffer_and_moves_are_exact():
+    """A model leaves the device by pointing at its host copy (no copy) and comes back with the same weights."""
+    from hallo_core.memory.pinned import ModuleHost
 
     torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LayerNorm(7), torch.nn.Linear(7, 3))
+    model.register_buffer("table", torch.arange(6.0))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    host = ModuleHost(model)
+    assert len(host.slots) == 7 and host.nbytes >= sum(t.numel() * 4 for t in before.values())
+    for tensor in model.state_dict(keep_vars=True).values():  # "on the device": storage of its own
+        tensor.data = tensor.data.clone()
+    host.offload()
+    start, end = host.copy.buffer.data_ptr(), host.copy.buffer.data_ptr() + host.nbytes
+    assert all(start <= tensor.data_ptr() < end for tensor in model.state_dict().values())
+    assert all(torch.equal(model.state_dict()[name], value) for name, value in before.items())
+    host.onload(torch.device("cpu"))
+    assert all(torch.equal(model.state_dict()[name], value) for name, value in before.items())
+
+
+def test_balanced_keeps_a_model_while_the_next_phase_fits_and_evicts_otherwise():
+    from hallo_core.memory.residency import LocalModels
+
+    def run(free_bytes):
+        loaders = {name: (lambda device: torch.nn.Linear(256, 256)) for name in ("transformer", "vae")}
+        models = LocalModels(loaders, "cpu", keep_while_fits=True, working_memory={"vae": 1 << 20},
+                             free_memory=lambda: free_bytes)
+        for name in ("transformer", "vae", "transformer", "vae"):
+            with models.use(name):
+                pass
+        return models
+
+    roomy = run(64 << 30)
+    assert roomy.evictions == [] and roomy.resident == {"transformer", "vae"}
+    assert roomy.residency_log[-1] == {"transformer", "vae"}
+    tight = run(1 << 20)  # not even the VAE's working memory is free: every other model leaves first
+    assert tight.evictions == ["transformer", "vae", "transformer"]
+    assert max(len(resident) for resident in tight.residency_log) == 1
+
+
+def test_streamed_reference_network_and_t5_give_the_same_numbers(tiny_models):
+    """The 12gb preset streams the reference network (whose norm1 runs before its block) and T5's blocks too."""
+    from hallo_core.hallo3.checkpoint import load_reference_net
+    from hallo_core.hallo3.loaders import prepare_text_encoder
+    from hallo_core.hallo3.model_files import ModelFiles
+    from hallo_core.hallo3.text_encoder import load_text_encoder
+    from hallo_core.memory.block_streaming import blocks_that_fit
+
+    reference = load_reference_net(tiny_models, dtype=torch.float32)
+    latent = torch.randn(1, 1, 16, reference.config.latent_height, reference.config.latent_width)
+    with torch.no_grad():
+        resident = reference(latent)
+        streamer = BlockStreamer(reference.transformer_blocks, "cpu", owner=reference, entry_children=("norm1",))
+        streamed = reference(latent)
+    assert all(torch.equal(a, b) for a, b in zip(resident, streamed))
+    assert not streamer.ready  # the last block (only its norm1 ran) was dropped when the forward ended
+
+    encoder = load_text_encoder(ModelFiles.from_pretrained_dir(tiny_models).text_encoder, dtype=torch.float32)
+    exact = encoder.encode("a woman talking").clone()
+    encoder.clear_cache()
+    blocks = encoder.model.encoder.block
+    keep = blocks_that_fit(blocks, 3.5 * sum(p.numel() * 4 for p in blocks[0].parameters()))
+    assert keep == 1  # room for one kept block beside the two that stream through
+    prepare_text_encoder(encoder, "cpu", stream_blocks=True, budget=None)
+    assert torch.equal(encoder.encode("a woman talking"), exact) and encoder.block_streamer.loads == len(blocks)
+
+
+def test_tiled_decode_with_one_tile_is_the_official_decode():
+    from hallo_core.dev.bench_support import random_vae
+
+    vae = random_vae("tiny")
+    latents = torch.randn(1, 16, 5, 8, 12, generator=torch.Generator().manual_seed(0))
+    official = vae.decode_raw(latents)
+    with torch.no_grad():
+        assert torch.equal(vae._tiled_decode(latents / 0.7, splits=1), official)
+    vae.decode_tiles = True
+    tiled = vae.decode_raw(latents)
+    assert tiled.shape == official.shape and not torch.equal(tiled, official)
+
+
+def test_12gb_preset_differs_from_low_only_by_the_tiled_decode(tiny_models, portraits_dir, speech_file):
+    """On a CPU the 12gb preset's streaming is off (CUDA only) and its fp8 latents are low's; the tiled VAE decode
+    changes the frames by what the tiny random VAE gives (docs/benchmarks.md states the measured figures)."""
+    low, _ = _render(tiny_models, portraits_dir, speech_file, "low")
+    small, _ = _render(tiny_models, portraits_dir, speech_file, "12gb")
+    full, _ = _render(tiny_models, portraits_dir, speech_file, "full")
+    vs_low = (small - low).abs()
+    # The random tiny VAE's GroupNorm statistics differ much between tiles of 5 x 7 latents: some pixels saturate
+    # (max 1.0); measured here: mean 0.045, 0.9 % of the values off by more than 0.25 (docs/benchmarks.md).
+    assert 0 < vs_low.mean() < 0.06 and (vs_low > 0.25).float().mean() < 0.02
+    assert (small - full).abs().mean() < 0.06
+
+
+def test_streamed_blocks_leave_their_fp8_scales_with_the_model():
+    """Row-wise fp8 scales are buffers: they move with the model while the block's matrices stream."""
+    from hallo_core.memory.pinned import _module_tensors
+    from hallo_core.memory.weight_casting import enable_fp8_matmul
+
     model = torch.nn.Module()
-    model.transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(64, 48), torch.nn.Linear(10, 48)])
-    x = torch.randn(3, 7, 64)
-    exact = model.transformer_blocks[0](x)
-    assert enable_fp8_matmul(model) == 1  # 10 input features: not a multiple of 16, left exact
-    layer = model.transformer_blocks[0]
-    assert isinstance(layer, Fp8MatmulLinear) and layer.weight.dtype == torch.float8_e4m3fn
-    fast = layer(x)
-    relative = (fast - exact).abs().max() / exact.abs().max()
-    assert 0 < relative < 0.1
+    model.transformer_blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(32, 32)) for _ in range(3)])
+    model.head = torch.nn.Linear(32, 16)
+    enable_fp8_matmul(model)
+    streamer = BlockStreamer(model.transformer_blocks, "cpu", keep=1)
+    moved = {(type(owner).__name__, name) for owner, _, name, _ in _module_tensors(model)}
+    assert ("RowwiseFp8Linear", "weight_scale") in moved and ("Linear", "weight") in moved
+    streamed_weights = {id(block[0].weight) for block in model.transformer_blocks[1:]}
+    assert not streamed_weights & {id(t) for *_, t in _module_tensors(model)}
+    assert list(streamer.streamed) == [1, 2]

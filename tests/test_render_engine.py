@@ -36,7 +36,7 @@ class _Conditioning:
 
 
 class CountingBackbone:
-    name = "counting"
+    name = family = "counting"
     frame_size = SIZE
     phases = ()
 

@@ -21,13 +21,7 @@ from hallo_core.runtime.attention import attention_kernel_of, sdpa_kernel, set_a
 SIZE, LATENT = TINY_FRAME_SIZE, TINY_FRAME_SIZE // 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small kernels: one thread is as fast here and does not fight other jobs for the cores (see the parity test)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

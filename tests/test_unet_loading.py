@@ -15,14 +15,7 @@ from hallo_core.hallo_unet.checkpoint import find_net_file, load_networks, load_
 from hallo_core.hallo_unet.convert import convert_unet
 from hallo_core.hallo_unet.vae import decode_latents, encode_frames, load_vae
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small kernels: one thread is as fast here and does not fight other jobs for the cores (see the parity test)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

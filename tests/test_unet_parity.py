@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import python_env
+
 from hallo_core.dev.golden_files import read_golden_description, read_golden_tensors
 from hallo_core.dev.unet_parity import _clip_inputs, _Report
 from hallo_core.hallo_unet import clip as clip_module
@@ -19,13 +19,7 @@ from hallo_core.hallo_unet.reference_net import bank_key
 STEMS = "hallo_unet_tiny"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small kernels: one thread is as fast here and does not fight other jobs for the cores (see the parity test)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

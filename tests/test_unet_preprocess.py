@@ -28,12 +28,23 @@ from hallo_core.audio.unet_windows import (
     unet_output_frames,
     unet_window_rows,
 )
-from hallo_core.audio.wav2vec_features import encoder_input, frame_count, frame_windows, load_wav2vec, padded_frame_count
+from hallo_core.audio.wav2vec_features import (
+    encoder_input,
+    frame_count,
+    frame_windows,
+    load_wav2vec,
+    padded_frame_count,
+)
 from hallo_core.dev.tiny_frontends import tiny_face_boxes, write_tiny_face_models, write_tiny_wav2vec
 from hallo_core.errors import InputError, ModelFileError
 from hallo_core.face import load_image
-from hallo_core.face.face_mask import LIP_IDS, SILHOUETTE_IDS, expand_region, mediapipe_available
-from hallo_core.face.face_mask import silhouette_from_landmarks_68
+from hallo_core.face.face_mask import (
+    LIP_IDS,
+    SILHOUETTE_IDS,
+    expand_region,
+    mediapipe_available,
+    silhouette_from_landmarks_68,
+)
 from hallo_core.face.hierarchical_masks import (
     background_mask,
     blur_mask,

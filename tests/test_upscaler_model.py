@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from hallo_core.dev import upscaler_parity as parity_module
 from hallo_core.dev.upscaler_parity import run_upscaler_parity
 from hallo_core.errors import InputError, ModelFileError
-from hallo_core.dev import upscaler_parity as parity_module
 from hallo_core.upscaler.face_parsing import ParseNetConfig, load_parsenet, parsing_mask, random_parsenet_state_dict
 from hallo_core.upscaler.temporal_codeformer import (
     EncodedClip,

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 import workflow_validation as wv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +40,8 @@ def specs():
 
 
 def _twin(ui_key: str) -> str:
-    return "api/" + ui_key.split("/", 1)[1]
+    """The API twin a UI workflow names (`extra.hallo_api`; the UI files carry readable titles as names)."""
+    return json.loads(FILES[ui_key][0].read_text(encoding="utf-8"))["extra"]["hallo_api"]
 
 
 @pytest.mark.parametrize("name", UI)
@@ -64,5 +64,20 @@ def test_ui_workflow_has_an_api_twin_describing_the_same_graph(specs, name):
 
 @pytest.mark.parametrize("name", API)
 def test_api_workflow_has_a_ui_twin(name):
-    assert name.startswith("api/") and "workflows/" + name.split("/", 1)[1] in FILES, \
-        f"{name}: API workflows are workflows/api/<name>.json, twins of workflows/<name>.json"
+    assert name.startswith("api/") and name in {_twin(ui) for ui in UI}, \
+        f"{name}: every API workflow (workflows/api/<name>.json) has a UI twin in workflows/ naming it"
+
+
+@pytest.mark.parametrize("name", UI)
+def test_ui_workflow_opens_on_the_whole_graph_with_a_thumbnail(name):
+    """Groups with a note each, the view fitted to the graph, and a thumbnail for the template browser."""
+    ui = json.loads(FILES[name][0].read_text(encoding="utf-8"))
+    assert len(ui["groups"]) >= 4 and sum(n["type"] == "Note" for n in ui["nodes"]) == len(ui["groups"])
+    scale, (dx, dy) = ui["extra"]["ds"]["scale"], ui["extra"]["ds"]["offset"]
+    assert 0.5 <= scale <= 1.0
+    width, height = wv.VIEW_SIZE
+    for group in ui["groups"]:  # every group inside the view it opens in
+        x, y, w, h = group["bounding"]
+        assert 0 <= (x + dx) * scale and (x + w + dx) * scale <= width and 0 <= (y + dy) * scale <= (y + h + dy) * \
+            scale <= height, group["title"]
+    assert FILES[name][0].with_suffix(".jpg").is_file()

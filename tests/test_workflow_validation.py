@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 import workflow_validation as wv
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

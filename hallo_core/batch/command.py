@@ -12,10 +12,11 @@ from ..errors import InputError, OutputError
 BATCH_EPILOG = """manifest: one JSON object per line, e.g.
   {"image": "anna.jpg", "audio": "anna.wav", "prompt": "A woman talking", "steps": 40, "output": "anna.mp4"}
   {"image": "ben.png", "audio": "ben.mp3", "models": "/models/hallo3", "seed": 7, "memory": "low"}
-keys: image, audio, models (or --models), output (a name in --out), prompt, backbone, and the generate options with
-underscores: steps, seed, cfg, vocal_separation (true/false), precision, memory, attention, compile, fp8_matmul,
-step_cache, text_cfg, audio_cfg, ref_cfg, pose_weight, expression_weight, lip_weight, motion_frames, motion_dropout,
-motion_drop_patch, motion_noise, protect_face, carry_latents. Relative paths are relative to the manifest's folder.
+keys: image, audio, models (or --models), output (a file name in --out), prompt, backbone, and the generate options
+with underscores: steps, seed, cfg, vocal_separation (true/false), precision, memory, attention, compile, fp8_matmul,
+step_cache, step_cache_calibration, cfg_cache, text_cfg, audio_cfg, ref_cfg, pose_weight, expression_weight,
+lip_weight, size, seed_policy, audio_pieces, motion_frames, motion_dropout, motion_drop_patch, motion_noise,
+protect_face, carry_latents. Relative paths are relative to the manifest's folder.
 
 Each job renders into OUT/<output>.render/, so a job whose worker dies is run again by Ray and resumes from its last
 finished clip; running the batch again skips the jobs done before and resumes the others. Results: OUT/results.jsonl.
@@ -54,6 +55,8 @@ def run_command(args) -> int:
                              ("--retries", args.retries, 0)):
         if value is not None and value < low:
             raise InputError(f"{name} must be at least {low}, got {value:g}")
+    if not os.path.isfile(args.manifest):  # before --out is made
+        raise InputError(f"the batch manifest {args.manifest} is not a file; give a .jsonl file with one job per line")
     out_dir = os.path.abspath(args.out)
     try:
         os.makedirs(out_dir, exist_ok=True)

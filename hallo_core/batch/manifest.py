@@ -29,14 +29,18 @@ KEYS = {
     "image": str, "audio": str, "models": str, "output": str, "prompt": str, "backbone": str,
     "steps": int, "seed": int, "cfg": float, "vocal_separation": bool,
     "precision": str, "memory": str, "attention": str, "compile": bool, "fp8_matmul": bool,
-    "step_cache": float, "text_cfg": float, "audio_cfg": float, "ref_cfg": float,
-    "pose_weight": float, "expression_weight": float, "lip_weight": float,
+    "step_cache": float, "step_cache_calibration": str, "cfg_cache": float,
+    "text_cfg": float, "audio_cfg": float, "ref_cfg": float,
+    "pose_weight": float, "expression_weight": float, "lip_weight": float, "size": int, "seed_policy": str,
+    "audio_pieces": bool,
     "motion_frames": int, "motion_dropout": float, "motion_drop_patch": int, "motion_noise": float,
     "protect_face": bool, "carry_latents": bool,
 }
-ENGINE_KEYS = {"precision": "auto", "memory": "balanced", "attention": "auto", "compile": False, "fp8_matmul": False}
+ENGINE_KEYS = {"precision": "auto", "memory": "balanced", "attention": "auto", "compile": None, "fp8_matmul": False}
 SETTINGS_FIELDS = {"steps": "steps", "cfg": "cfg_scale", "seed": "seed", "step_cache": "step_cache",
-                   "pose_weight": "pose_weight", "expression_weight": "expression_weight", "lip_weight": "lip_weight"}
+                   "step_cache_calibration": "step_cache_file", "cfg_cache": "cfg_cache", "pose_weight": "pose_weight",
+                   "expression_weight": "expression_weight", "lip_weight": "lip_weight", "seed_policy": "seed_policy"}
+FILE_KEYS = ("image", "audio", "step_cache_calibration")
 MOTION_FIELDS = {"motion_frames": "frames", "motion_dropout": "pixel_dropout", "motion_drop_patch": "drop_patch",
                  "motion_noise": "noise_std", "protect_face": "protect_face", "carry_latents": "carry_latents"}
 GUIDANCE_KEYS = ("text_cfg", "audio_cfg", "ref_cfg")
@@ -54,7 +58,9 @@ class Job:
     backbone: str | None
     vocal_separation: bool
     engine: dict  # EngineOptions.resolve's names (device excepted: the worker's resources decide it)
+    frame_size: int | None  # Hallo/Hallo2 `size`
     settings: Any  # the backbone's RenderSettings, checked
+    speech_options: dict | None  # the backbone's speech preparation options (`audio_pieces`)
     key: str  # digest of everything that makes the video: a finished job with the same key is not redone
 
     @property
@@ -131,14 +137,16 @@ class _Checker:
                 values[key] = float(values[key])  # 4 and 4.0 are the same render
         if self.default_models is not None:
             values.setdefault("models", self.default_models)
-        for key in ("image", "audio", "models"):
+        for key in ("image", "audio", "models", "step_cache_calibration"):
             if key not in values:
-                problems.append(f"\"{key}\" is missing" + (" (or give --models)" if key == "models" else ""))
+                if key != "step_cache_calibration":
+                    problems.append(f"\"{key}\" is missing" + (" (or give --models)" if key == "models" else ""))
             elif isinstance(values[key], str):
                 values[key] = os.path.normpath(os.path.join(self.base, os.path.expanduser(values[key])))
                 is_there = os.path.isdir if key == "models" else os.path.isfile
                 if not is_there(values[key]):
-                    problems.append(f"{'models folder' if key == 'models' else key} {values[key]} not found")
+                    what = "models folder" if key == "models" else key.replace("_", " ")
+                    problems.append(f"{what} {values[key]} not found")
         output = values.get("output")
         if isinstance(output, str) and (os.path.basename(output) != output or not output.lower().endswith(".mp4")):
             problems.append(f"\"output\" must be a file name ending in .mp4 (it goes into --out), got \"{output}\"")
@@ -156,30 +164,38 @@ class _Checker:
         EngineOptions.resolve("cpu", **engine)  # the names only: the device is the worker's
         check_output_path(output)
         vocal_separation = values.get("vocal_separation", True)
-        cache = (values["models"], values.get("backbone"), vocal_separation)
+        cache = (values["models"], values.get("backbone"), vocal_separation, values.get("size"))
         if cache not in self.backbones:  # the model files are checked once per folder, nothing is loaded
             self.backbones[cache] = load_backbone(values["models"], EngineOptions.resolve("cpu"),
-                                                  values.get("backbone"), require_vocal_separator=vocal_separation)
+                                                  values.get("backbone"), require_vocal_separator=vocal_separation,
+                                                  frame_size=values.get("size"))
         backbone = self.backbones[cache]
-        settings = job_settings(backbone.name, backbone.default_settings(), values)
+        settings = job_settings(backbone, values)
         spec = {key: values[key] for key in sorted(values) if key in KEYS and key != "output"}
-        files = {key: _stat(values[key]) for key in ("image", "audio")}
+        files = {key: _stat(values[key]) for key in FILE_KEYS if key in values}
         digest = hashlib.sha256(json.dumps([spec, files, output, backbone.name], sort_keys=True).encode())
         return Job(line=line, image=values["image"], audio=values["audio"], models=values["models"], output=output,
                    prompt=values.get("prompt", ""), backbone=values.get("backbone"), vocal_separation=vocal_separation,
-                   engine=engine, settings=settings, key=digest.hexdigest()[:24])
+                   engine=engine, frame_size=values.get("size"), settings=settings,
+                   speech_options={"long_audio_pieces": True} if values.get("audio_pieces") else None,
+                   key=digest.hexdigest()[:24])
 
 
-def job_settings(backbone: str, defaults: Any, values: dict) -> Any:
-    """The backbone's official settings with the line's values, as the `generate` command builds them; a key the
-    backbone does not have is refused by its manifest name."""
+def job_settings(backbone: Any, values: dict) -> Any:
+    """The backbone's official settings with the line's values, as the `generate` command builds them (hallo_core/
+    cli.py); a key the backbone does not have is refused by its manifest name."""
+    defaults = backbone.default_settings()
     fields = {f.name for f in dataclasses.fields(defaults)}
     foreign = [key for key, field in SETTINGS_FIELDS.items() if key in values and field not in fields]
     foreign += [key for key in GUIDANCE_KEYS if key in values and "guidance" not in fields]
     if foreign:
         verb = "is not an option" if len(foreign) == 1 else "are not options"
-        raise InputError(f"{', '.join(json.dumps(key) for key in foreign)} {verb} of {backbone}")
+        raise InputError(f"{', '.join(json.dumps(key) for key in foreign)} {verb} of {backbone.name}")
     overrides = {field: values[key] for key, field in SETTINGS_FIELDS.items() if key in values}
+    if values.get("step_cache") and "step_cache_file" not in overrides:  # in the render key: its contents count
+        overrides["step_cache_file"] = getattr(backbone, "calibration_path", lambda: None)()
+    elif not values.get("step_cache"):
+        overrides.pop("step_cache_file", None)  # as `generate`: no step cache, no calibration file
     motion = {field: values[key] for key, field in MOTION_FIELDS.items() if key in values}
     if any(key in values for key in GUIDANCE_KEYS):
         from ..hallo3.denoiser import SeparateGuidance
@@ -187,7 +203,7 @@ def job_settings(backbone: str, defaults: Any, values: dict) -> Any:
         cfg = values.get("cfg", defaults.cfg_scale)
         overrides["guidance"] = SeparateGuidance(text=values.get("text_cfg", cfg), audio=values.get("audio_cfg", cfg),
                                                  reference=values.get("ref_cfg"))
-    return defaults.with_overrides(backbone, motion=motion, **overrides)
+    return defaults.with_overrides(backbone.name, motion=motion, **overrides)
 
 
 def _is(value: Any, kind: type) -> bool:

@@ -33,10 +33,11 @@ def run_job(job: Job, device: str, keep_render: bool, report: Report) -> dict:
               "backbone": None, "error": None, "notes": []}
     try:
         options = EngineOptions.resolve(device, **job.engine)
-        backbone = load_backbone(job.models, options, job.backbone, require_vocal_separator=job.vocal_separation)
+        backbone = load_backbone(job.models, options, job.backbone, require_vocal_separator=job.vocal_separation,
+                                 frame_size=job.frame_size)
         result = generate(job.image, job.audio, job.output, backbone, prompt=job.prompt, settings=job.settings,
                           separate_vocals=job.vocal_separation, render_dir=job.render_dir, keep_render=keep_render,
-                          progress=_Forward(report))
+                          progress=_Forward(report), speech_options=job.speech_options)
         record.update(frames=result.frames, clips=result.clips, resumed_clips=result.resumed_clips,
                       backbone=result.backbone, notes=result.notes)
     except HalloError as error:

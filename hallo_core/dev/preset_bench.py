@@ -5,7 +5,8 @@ are made once in host memory. Each preset then renders the same one-clip video w
 `LocalModels`, exactly as `generate --memory` does; only the small front-ends (InsightFace, wav2vec2) are replaced
 by fixed random conditioning, and T5's tokenizer by fixed token ids (neither is what a preset changes). Per preset:
 the peak GPU memory (allocated and reserved) of each phase, the phase's wall time including moving its model in,
-the median denoising step, and the decoded frames' deviation from the `full` preset's.
+the median denoising step, and the decoded frames' deviation from the first preset's (and, for `12gb`, from `low`'s,
+which differs from it only by the tiled decode).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import os
 import statistics
 import time
 
@@ -24,10 +26,12 @@ from ..face.reference_image import ReferenceImages
 from ..hallo3.backbone import Hallo3Backbone, Hallo3Settings, IdentityConditioning, SpeechConditioning
 from ..hallo3.checkpoint import store_in_fp8
 from ..hallo3.config import Hallo3Config
-from ..hallo3.loaders import prepare_transformer
+from ..hallo3.loaders import phase_working_memory, prepare_text_encoder, prepare_transformer, stream_budget
 from ..hallo3.reference_net import IdentityReferenceNet
 from ..hallo3.text_encoder import MAX_LENGTH, T5TextEncoder
 from ..hallo3.transformer import Hallo3Transformer
+from ..hallo3.vae import CogVideoXVAE
+from ..memory.pinned import module_bytes
 from ..memory.residency import LocalModels
 from ..render.engine import render_clips
 from ..render.progress import Reporter
@@ -107,29 +111,50 @@ def _sharing_copy(model: torch.nn.Module, build) -> torch.nn.Module:
     return copy.eval()
 
 
-def _loaders(host: dict, options: EngineOptions) -> dict:
+def _loaders(host: dict, options: EngineOptions, config: Hallo3Config) -> dict:
     """The loaders `generate` builds for these options (hallo3/loaders.py), over the in-memory random models."""
-    low, dtype, compile_blocks = options.fp8_storage, options.dtype, options.compile
+    low, dtype, compile_blocks, plan = options.fp8_storage, options.dtype, options.compile, options.plan
+    working = phase_working_memory(config, dtype, plan)
 
     def stored(name: str, build) -> torch.nn.Module:  # as loading stores it: fp8 matrices in `low`
         model = _sharing_copy(host[name], lambda: build(host[name].config))
         return store_in_fp8(model, dtype) if low else model
 
+    def streaming(device, everything: bool = False) -> bool:
+        return plan.stream_blocks and (plan.stream_all or not everything) and torch.device(device).type == "cuda"
+
     def load_transformer(device):
         model = stored("transformer", Hallo3Transformer)
-        stream = options.plan.stream_blocks and torch.device(device).type == "cuda"
+        stream = streaming(device)
         if not stream:
             model.to(device)
         return prepare_transformer(model, device, weight_casting=low, stream_blocks=stream,
-                                   compile_blocks=compile_blocks)
+                                   compile_blocks=compile_blocks,
+                                   budget=stream_budget(plan, device, working["transformer"]))
 
     def load_reference_net(device):
-        return prepare_transformer(stored("reference_net", IdentityReferenceNet).to(device), device,
-                                   weight_casting=low)
+        model = stored("reference_net", IdentityReferenceNet)
+        stream = streaming(device, everything=True)
+        if not stream:
+            model.to(device)
+        return prepare_transformer(model, device, weight_casting=low, stream_blocks=stream, entry_children=("norm1",),
+                                   budget=stream_budget(plan, device, working["reference_net"]))
+
+    def load_text_encoder(device):
+        t5 = host["text_encoder"]
+        stream = streaming(device, everything=True)
+        model = _sharing_copy(t5.model, lambda: type(t5.model)(t5.model.config))
+        encoder = T5TextEncoder(model, _FixedTokens(), device="cpu" if stream else device, dtype=dtype)
+        return prepare_text_encoder(encoder, device, stream_blocks=stream,
+                                    budget=stream_budget(plan, device, working["text_encoder"]))
+
+    def load_vae(device):
+        vae = host["vae"].model
+        copy = _sharing_copy(vae, lambda: type(vae).from_config(vae.config))
+        return CogVideoXVAE(copy.to(device), decode_tiles=plan.vae_decode_tiles)
 
     return {"transformer": load_transformer, "reference_net": load_reference_net,
-            "text_encoder": lambda device: host["text_encoder"].to(device),
-            "vae": lambda device: host["vae"].to(device)}
+            "text_encoder": load_text_encoder, "vae": load_vae}
 
 
 def _conditioning(pipeline: Hallo3Backbone, seed: int = 5):
@@ -148,8 +173,8 @@ def _conditioning(pipeline: Hallo3Backbone, seed: int = 5):
 
 
 def run_preset_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None, steps: int = 4,
-                         presets: tuple[str, ...] = ("full", "balanced", "low"), layers: int | None = None,
-                         compile_blocks: bool = False) -> dict:
+                         presets: tuple[str, ...] = ("full", "balanced", "low", "12gb"), layers: int | None = None,
+                         compile_blocks: bool | None = None) -> dict:
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     config = Hallo3Config() if size == "full" else tiny_config(32, 5 * WAV2VEC_LAYERS * 32)
@@ -158,12 +183,20 @@ def run_preset_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.d
     record = {"size": size, "layers": config.num_layers, "device": device_name(device),
               "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "steps": steps,
               "compile_blocks": compile_blocks, "presets": {}}
+    limit = os.environ.get("HALLO_BENCH_GPU_LIMIT_GB")  # e.g. 12: behave as a 12 GB card (allocations past it fail)
+    if limit and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(limit) * 2**30 / total), device)
+        record["gpu_limit_gb"] = float(limit)
     host = _host_models(config, size, dtype, device)
-    reference_frames = None
+    reference_frames, all_frames = None, {}
     for preset in presets:
-        host["text_encoder"].clear_cache()  # each preset runs T5 itself
         options = EngineOptions.resolve(device, _precision_name(dtype), preset, compile=compile_blocks)
-        models = MeasuredModels(_loaders(host, options), device, options.keep_resident)
+        plan = options.plan
+        working = phase_working_memory(config, dtype, plan)
+        working.update({f"{name}:weights": module_bytes(_module(model)) for name, model in host.items()})
+        models = MeasuredModels(_loaders(host, options, config), device, options.keep_resident,
+                                keep_while_fits=plan.keep_while_fits, working_memory=working)
         pipeline = Hallo3Backbone(models, config, options)
         identity, speech = _conditioning(pipeline)
         step_times = []
@@ -189,15 +222,15 @@ def run_preset_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.d
                   "step_s": statistics.median(b - a for a, b in zip(step_times, step_times[1:]))
                   if len(step_times) > 1 else None,
                   "finite": bool(torch.isfinite(frames).all())}
+        result["evictions"] = list(models.evictions)
         if reference_frames is None:
             reference_frames, result["compared_with"] = frames, None
         else:
-            difference = (frames - reference_frames).abs()
-            result.update(compared_with=presets[0], max_abs=float(difference.max()),
-                          mean_abs=float(difference.mean()), identical=bool(torch.equal(frames, reference_frames)))
+            result.update(compared_with=presets[0], **_frame_deviation(frames, reference_frames))
+        if preset == "12gb" and "low" in all_frames:  # the same fp8 latents: what the tiled decode changes
+            result["vs_low"] = _frame_deviation(frames, all_frames["low"])
+        all_frames[preset] = frames
         record["presets"][preset] = result
-        for name in ("text_encoder", "vae"):  # `full` leaves them on the device
-            host[name].to("cpu")
         del models, pipeline
         gc.collect()  # compiled blocks hold their module in a reference cycle: free it before the next preset
         if device.type == "cuda":
@@ -205,10 +238,24 @@ def run_preset_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.d
     return record
 
 
+def _frame_deviation(frames: torch.Tensor, reference: torch.Tensor) -> dict:
+    difference = (frames - reference).abs()
+    return {"max_abs": float(difference.max()), "mean_abs": float(difference.mean()),
+            "identical": bool(torch.equal(frames, reference))}
+
+
+def _module(model) -> torch.nn.Module:
+    return model if isinstance(model, torch.nn.Module) else model.model
+
+
 def _precision_name(dtype: torch.dtype) -> str:
     from ..runtime.options import dtype_name
 
     return dtype_name(dtype)
+
+
+def _deviation_text(result: dict) -> str:
+    return "identical" if result["identical"] else f"max {result['max_abs']:.2e}, mean {result['mean_abs']:.2e}"
 
 
 def preset_rows(record: dict, command: str) -> list[str]:
@@ -218,8 +265,9 @@ def preset_rows(record: dict, command: str) -> list[str]:
         phases = ", ".join(f"{name} {p['peak_gpu_mb'] / 1024:.1f} GB / {p['seconds']:.1f} s"
                            for name, p in result["phases"].items())
         step = f"{result['step_s']:.3f}" if result["step_s"] is not None else "-"
-        deviation = "reference" if result["compared_with"] is None else (
-            "identical" if result["identical"] else f"max {result['max_abs']:.2e}, mean {result['mean_abs']:.2e}")
+        deviation = "reference" if result["compared_with"] is None else _deviation_text(result)
+        if "vs_low" in result:
+            deviation += f"; vs low: {_deviation_text(result['vs_low'])}"
         compiled = ", compiled" if record.get("compile_blocks") else ""
         peak = f"{result['peak_gpu_mb'] / 1024:.1f} GB ({result['reserved_gpu_mb'] / 1024:.1f} reserved)"
         rows.append(f"| `{command}` | {record['device']} | {record['size']} {record['dtype']}, {record['layers']} "

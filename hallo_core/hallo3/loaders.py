@@ -222,4 +222,5 @@ def local_hallo3_backbone(models_dir, options: EngineOptions, require_vocal_sepa
         working.update(weight_estimates(files, config, options.dtype))
     models = LocalModels(model_loaders(files, config, options), options.device, options.keep_resident,
                          keep_while_fits=plan.keep_while_fits, working_memory=working)
-    return Hallo3Backbone(models, config, options, weights=file_identity(vars(files)), transformer_path=files.transformer)
+    return Hallo3Backbone(models, config, options, weights=file_identity(vars(files)),
+                          transformer_path=files.transformer)

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import ModelFileError
+from ..loading.official_folder import OfficialFolder
 
 DOWNLOAD_HINT = "hf download fudan-generative-ai/hallo3 --local-dir pretrained_models"
 
@@ -34,19 +35,8 @@ class ModelFiles:
 
     @classmethod
     def from_pretrained_dir(cls, root: str | os.PathLike) -> "ModelFiles":
-        root = os.fspath(root)
-        if not os.path.isdir(root):
-            raise ModelFileError(f"models folder not found: {root} (download with: {DOWNLOAD_HINT})")
-
-        def need(relative: str, what: str, is_dir: bool = False) -> str:
-            path = os.path.join(root, relative)
-            if not (os.path.isdir(path) if is_dir else os.path.isfile(path)):
-                raise ModelFileError(f"{what} missing: expected {path} (download with: {DOWNLOAD_HINT})")
-            return path
-
-        def optional(relative: str) -> str | None:
-            path = os.path.join(root, relative)
-            return path if os.path.exists(path) else None
+        folder = OfficialFolder(root, DOWNLOAD_HINT)
+        need, optional = folder.need, folder.optional
 
         hallo3 = need("hallo3/latest", "Hallo3 transformer weights")
         container = os.path.dirname(hallo3)

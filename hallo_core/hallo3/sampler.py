@@ -82,6 +82,9 @@ def generator_noise(generator: torch.Generator) -> NoiseSource:
 
     def draw(like: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(like.shape, generator=generator, dtype=torch.float32, device=generator.device)
+        if like.device.type == "cuda" and noise.device.type == "cpu":
+            # From page-locked memory the copy is asynchronous: the host does not wait for the device between steps.
+            return noise.pin_memory().to(like.device, non_blocking=True)
         return noise.to(like.device)
 
     return draw

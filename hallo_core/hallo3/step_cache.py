@@ -87,7 +87,7 @@ class StepCacheCalibration:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None) -> "StepCacheCalibration":
+    def load(cls, path: str | os.PathLike | None) -> StepCacheCalibration:
         if path is None or not os.path.isfile(path):
             raise InputError(f"the step cache needs a calibration of this model and {path or 'none'} does not exist; "
                              f"make one with: {CALIBRATE_COMMAND} (or pass --step-cache-calibration FILE)")
@@ -137,8 +137,13 @@ class _BlockWrapper:
         def run_blocks(hidden, text, temb, rotary, frame_rotary, reference_kv, face_tokens, audio_tokens):
             if reference_kv is None:  # the separate guidance's reference-free branch: not the cached call
                 return inner(hidden, text, temb, rotary, frame_rotary, reference_kv, face_tokens, audio_tokens)
-            modulated = model.transformer_blocks[0].norm1(hidden, text, temb)[0]
+            streamer = getattr(model, "block_streamer", None)  # block 0 may wait in host memory (low, 12gb)
+            with streamer.resident(0) if streamer is not None else contextlib.nullcontext():
+                modulated = model.transformer_blocks[0].norm1(hidden, text, temb)[0]
             args = (hidden, text, temb, rotary, frame_rotary, reference_kv, face_tokens, audio_tokens)
+            if self.previous_input is not None and self.previous_input.shape != modulated.shape:
+                # another batch layout (the late-step CFG cache's conditional row alone): a new sequence
+                self.previous_input = self.previous_residual = None
             result = self.step(inner, args, modulated)
             self.previous_input = modulated
             self.calls += 1
@@ -166,7 +171,7 @@ class CalibratedStepCache(_BlockWrapper):
         self.computed = 0
 
     def step(self, inner, args, modulated):
-        first, last = self.calls == 0, self.calls == self.steps - 1
+        first, last = self.previous_input is None, self.calls == self.steps - 1
         if not first:
             predicted = self.calibration.predict(relative_change(modulated, self.previous_input))
             self.accumulated = predicted if self.accumulated is None else self.accumulated + predicted

@@ -134,15 +134,35 @@ class CogVideoXVAE(nn.Module):
             return self._tiled_decode(z)
         return self.model.decode(z).sample
 
-    def _tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
-        """diffusers' tiled decode with tiles of half the frame (2 x 2 with overlap), whatever the frame size."""
-        model, step = self.model, self.spatial_compression
-        height, width = z.shape[-2] * step, z.shape[-1] * step
-        model.tile_sample_min_height = max(step, height // 2 // step * step)
-        model.tile_sample_min_width = max(step, width // 2 // step * step)
-        model.tile_latent_min_height = model.tile_sample_min_height // step
-        model.tile_latent_min_width = model.tile_sample_min_width // step
-        return model.tiled_decode(z).sample
+    def _decode_chunks(self, z: torch.Tensor) -> torch.Tensor:
+        """The official temporal chunks ([0:3], [3:5], ...) with the causal-conv cache carried between them, as
+        diffusers' untiled decode does."""
+        model, size = self.model, DECODE_LATENT_FRAMES_PER_CHUNK
+        frames, remaining = z.shape[2], z.shape[2] % size
+        conv_cache, out = None, []
+        for index in range(max(frames // size, 1)):
+            start = size * index + (0 if index == 0 else remaining)
+            chunk = z[:, :, start:size * (index + 1) + remaining]
+            if model.post_quant_conv is not None:
+                chunk = model.post_quant_conv(chunk)
+            chunk, conv_cache = model.decoder(chunk, conv_cache=conv_cache)
+            out.append(chunk)
+        return torch.cat(out, dim=2)
+
+    def _tiled_decode(self, z: torch.Tensor, splits: int = 2) -> torch.Tensor:
+        """`splits` x `splits` spatial tiles, each decoded in the official temporal chunks; neighbouring tiles overlap
+        by a fifth of a tile and are cross-faded linearly there. One tile per side is the untiled decode exactly."""
+        step = self.spatial_compression
+        height, width = z.shape[-2:]
+        out = None
+        for top, bottom, weights_y in _tiles(height, splits, step):
+            for left, right, weights_x in _tiles(width, splits, step):
+                tile = self._decode_chunks(z[..., top:bottom, left:right]).float()
+                if out is None:
+                    out = torch.zeros(*tile.shape[:3], height * step, width * step, device=tile.device)
+                weight = weights_y.to(tile.device)[:, None] * weights_x.to(tile.device)[None, :]
+                out[..., top * step:bottom * step, left * step:right * step] += tile * weight
+        return out.to(self.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -166,3 +186,24 @@ class CogVideoXVAE(nn.Module):
                 f"the VAE decodes latents shaped (B, {self.latent_channels}, T, h, w), got {tuple(latents.shape)}"
             )
         pixel_frame_count(latents.shape[2], self.temporal_compression)
+
+
+def _tiles(latent_size: int, splits: int, step: int):
+    """(start, stop, pixel weights) of `splits` overlapping tiles along one latent axis; the weights ramp up over a
+    tile's overlap with the previous tile and down over its overlap with the next, summing to 1 everywhere."""
+    stride = -(-latent_size // splits)
+    overlap = max(1, stride // 5) if splits > 1 else 0
+    tiles = []
+    for index in range(splits):
+        start = index * stride
+        if start >= latent_size:
+            break
+        stop = min(latent_size, start + stride + overlap)
+        weights = torch.ones((stop - start) * step)
+        ramp = (torch.arange(overlap * step, dtype=torch.float32) + 1) / (overlap * step + 1)
+        if index > 0:
+            weights[:overlap * step] = ramp
+        if stop < latent_size:
+            weights[-overlap * step:] = 1 - ramp
+        tiles.append((start, stop, weights))
+    return tiles

@@ -155,8 +155,9 @@ class UNetBackbone:
         return ClipPlan(total_frames, CLIP_FRAMES)
 
     def model_identity(self) -> dict:
+        # The UNet runs eager: the compile option (Hallo3's transformer blocks) changes none of its frames.
         return {"backbone": self.name, "weights": self.weights, "frame_size": self.frame_size[0],
-                **self.options.identity()}
+                **self.options.identity(), "compile": False}
 
     # --- per video ----------------------------------------------------------------------------------------------------
     def prepare_identity(self, image: Any, allow_no_face: bool = False, non_square: str = "crop") -> UNetIdentity:

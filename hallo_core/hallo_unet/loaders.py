@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..runtime.attention import AttentionKernel, sdpa_kernel, set_attention_kernel
+from ..runtime.attention import AttentionKernel, kernel_by_name, set_attention_kernel
 from ..runtime.options import EngineOptions
 from .model_files import UNetFiles
 
@@ -42,7 +42,7 @@ def model_loaders(files: UNetFiles, version: str, options: EngineOptions, weight
 
     weights = UNetWeights(files.net, version)
     dtype, fp8 = options.dtype, options.fp8_storage
-    kernel = attention_kernel or sdpa_kernel(options.attention)
+    kernel = attention_kernel or kernel_by_name(options.attention, options.device)
 
     def network(prefix: str):
         def load(device: torch.device) -> nn.Module:

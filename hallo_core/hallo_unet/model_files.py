@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import ModelFileError
+from ..loading.official_folder import OfficialFolder
 
 DOWNLOAD_HINTS = {
     "hallo": "hf download fudan-generative-ai/hallo --local-dir pretrained_models",
@@ -35,21 +36,8 @@ class UNetFiles:
 
     @classmethod
     def from_pretrained_dir(cls, root: str | os.PathLike, version: str) -> "UNetFiles":
-        root = os.fspath(root)
-        hint = DOWNLOAD_HINTS[version]
-        if not os.path.isdir(root):
-            raise ModelFileError(f"models folder not found: {root} (download with: {hint})")
-
-        def need(relative: str, what: str, is_dir: bool = False) -> str:
-            path = os.path.join(root, relative)
-            if not (os.path.isdir(path) if is_dir else os.path.isfile(path)):
-                raise ModelFileError(f"{what} missing: expected {path} (download with: {hint})")
-            return path
-
-        def optional(relative: str) -> str | None:
-            path = os.path.join(root, relative)
-            return path if os.path.exists(path) else None
-
+        folder = OfficialFolder(root, DOWNLOAD_HINTS[version])
+        need, optional = folder.need, folder.optional
         return cls(
             net=need(f"{version}/net.pth", f"{version} weights"),
             vae=need("sd-vae-ft-mse", "SD VAE (sd-vae-ft-mse)", is_dir=True),

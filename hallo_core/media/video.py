@@ -144,35 +144,43 @@ class _AudioFromFile:
         self.container.close()
 
 
-class _AudioFromWaveform:
-    """A waveform (channels, samples) in [-1, 1] encoded as AAC, frame by frame as the video advances."""
+class _AudioEncoder:
+    """Audio chunks (channels, n) float32 in [-1, 1], in order, encoded as AAC in codec frames as the video advances:
+    only a frame or a chunk of sound is held at a time."""
 
-    def __init__(self, waveform, rate: int, output) -> None:
-        waveform = np.asarray(waveform, dtype=np.float32)
-        if waveform.ndim == 1:
-            waveform = waveform[None]
-        if waveform.shape[0] > 2:  # AAC for ordinary players: at most stereo
-            waveform = np.stack([waveform[0::2].mean(0), waveform[1::2].mean(0)])
-        self.waveform, self.rate = np.clip(waveform, -1.0, 1.0), int(rate)
-        self.output = output
-        layout = "mono" if self.waveform.shape[0] == 1 else "stereo"
-        self.stream = output.add_stream("aac", rate=self.rate, layout=layout)
-        self.cursor = 0
+    def __init__(self, output, rate: int, channels: int, chunks: Iterator[np.ndarray]) -> None:
+        self.output, self.rate, self.chunks = output, int(rate), chunks
+        self.stream = output.add_stream("aac", rate=self.rate, layout="mono" if channels == 1 else "stereo")
+        self.buffer = np.zeros((channels, 0), np.float32)
+        self.cursor = 0  # samples encoded
+        self.exhausted = False
+
+    def _fill(self, samples: int) -> None:
+        while self.buffer.shape[1] < samples and not self.exhausted:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.exhausted = True
+            else:
+                self.buffer = np.concatenate([self.buffer, np.clip(chunk, -1.0, 1.0)], axis=1)
 
     def mux_until(self, seconds: float | None, final: bool = False) -> None:
-        end = self.waveform.shape[1] if seconds is None else min(int(round(seconds * self.rate)),
-                                                                  self.waveform.shape[1])
-        frame_size = self.stream.codec_context.frame_size or 1024
-        while self.cursor < end and (final or self.cursor + frame_size <= end):
-            stop = min(self.cursor + frame_size, end)
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(self.waveform[:, self.cursor:stop]),
-                                               format="fltp", layout=self.stream.layout.name)
-            frame.sample_rate = self.rate
-            frame.pts = self.cursor
-            frame.time_base = Fraction(1, self.rate)
+        """Encode whole codec frames up to `seconds` (None: all); with `final` also the last part frame, then flush."""
+        end = None if seconds is None else int(round(seconds * self.rate))
+        size = self.stream.codec_context.frame_size or 1024
+        while True:
+            limit = size if end is None else min(size, end - self.cursor)
+            if limit <= 0:
+                break
+            self._fill(limit)
+            take = min(limit, self.buffer.shape[1])
+            if take == 0 or (take < size and not final):
+                break  # wait for the video to advance (or the sound has ended)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(self.buffer[:, :take]), format="fltp",
+                                               layout=self.stream.layout.name)
+            frame.sample_rate, frame.pts, frame.time_base = self.rate, self.cursor, Fraction(1, self.rate)
             for packet in self.stream.encode(frame):
                 self.output.mux(packet)
-            self.cursor = stop
+            self.buffer, self.cursor = self.buffer[:, take:], self.cursor + take
         if final:
             for packet in self.stream.encode():
                 self.output.mux(packet)
@@ -181,23 +189,56 @@ class _AudioFromWaveform:
         pass
 
 
+def _as_channels(waveform) -> np.ndarray:
+    """(samples,) or (channels, samples) -> float32 (1 or 2, samples): AAC for ordinary players is at most stereo."""
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if waveform.ndim == 1:
+        waveform = waveform[None]
+    if waveform.shape[0] > 2:
+        waveform = np.stack([waveform[0::2].mean(0), waveform[1::2].mean(0)])
+    return waveform
+
+
+def _track_chunks(tracks: list[tuple[str, float]], rate: int, channels: int) -> Iterator[np.ndarray]:
+    """The sound of each (file, seconds) in turn, decoded and resampled, each cut or padded with silence to exactly
+    its seconds."""
+    layout = "mono" if channels == 1 else "stereo"
+    for path, seconds in tracks:
+        wanted, given = int(round(seconds * rate)), 0
+        with _open(path) as container:
+            if container.streams.audio:
+                resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+                stream = container.streams.audio[0]
+                for frame in [*container.decode(stream), None]:
+                    for piece in resampler.resample(frame):
+                        chunk = piece.to_ndarray()[:, :max(wanted - given, 0)]
+                        given += chunk.shape[1]
+                        if chunk.shape[1]:
+                            yield chunk
+        if given < wanted:
+            yield np.zeros((channels, wanted - given), np.float32)
+
+
 class Mp4Writer:
     """`with Mp4Writer(path, audio=(waveform, rate)) as w: w.write_all(frames)`; frames are uint8 (H, W, 3) RGB.
 
     `audio` is a waveform (channels, samples) in [-1, 1] that ends where the video ends; `audio_from` instead takes
-    the audio of another media file (the upscaler keeps its input's sound). Progress: `frames` counts frames written.
+    the audio of another media file (the upscaler keeps its input's sound); `audio_tracks` the sound of several files
+    one after the other, (file, seconds) each (joined segments). Progress: `frames` counts frames written.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float | Fraction = 25, audio: tuple[np.ndarray, int] | None = None,
-                 audio_from: str | os.PathLike | None = None, crf: int = 18, preset: str = "medium"):
-        if audio is not None and audio_from is not None:
-            raise ValueError("give audio or audio_from, not both")
+                 audio_from: str | os.PathLike | None = None, crf: int = 18, preset: str = "medium",
+                 audio_tracks: list[tuple[str, float]] | None = None):
+        if sum(x is not None for x in (audio, audio_from, audio_tracks)) > 1:
+            raise ValueError("give one of audio, audio_from, audio_tracks")
         self.path = os.fspath(path)
         self.fps = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
         self.crf, self.preset = crf, preset
         self.frames = 0
         self._audio_input = audio
         self._audio_from = os.fspath(audio_from) if audio_from is not None else None
+        self._audio_tracks = [(os.fspath(p), s) for p, s in audio_tracks] if audio_tracks else None
         self._container = None
         self._video = None
         self._audio = None
@@ -218,9 +259,16 @@ class Mp4Writer:
         self._video.options = {"crf": str(self.crf), "preset": self.preset}
         # Audio after the video, so the video is stream 0.
         if self._audio_input is not None:
-            self._audio = _AudioFromWaveform(*self._audio_input, self._container)
+            waveform, rate = _as_channels(self._audio_input[0]), self._audio_input[1]
+            self._audio = _AudioEncoder(self._container, rate, waveform.shape[0], iter([waveform]))
         elif self._audio_from is not None:
             self._audio = _AudioFromFile(self._audio_from, self._container)
+        elif self._audio_tracks is not None:
+            first = _audio_format(self._audio_tracks[0][0])
+            if first is not None:
+                rate, channels = first
+                self._audio = _AudioEncoder(self._container, rate, channels,
+                                            _track_chunks(self._audio_tracks, rate, channels))
 
     def write(self, frame) -> None:
         array = frame.numpy() if hasattr(frame, "numpy") else np.asarray(frame)
@@ -247,7 +295,7 @@ class Mp4Writer:
             raise InputError("no frames to write")
         for packet in self._video.encode():
             self._container.mux(packet)
-        if isinstance(self._audio, _AudioFromWaveform):
+        if isinstance(self._audio, _AudioEncoder):
             self._audio.mux_until(float(self.frames / self.fps), final=True)
         elif self._audio is not None:
             self._audio.mux_until(None)
@@ -341,32 +389,23 @@ def video_frame_rate(path: str | os.PathLike) -> Fraction:
         return Fraction(rate)
 
 
-def read_audio(path: str | os.PathLike, rate: int | None = None, channels: int | None = None
-               ) -> tuple[np.ndarray, int] | None:
-    """The first audio stream of a media file as float32 (channels, samples), resampled to `rate` / `channels` when
-    given; None when the file has no audio."""
+def _audio_format(path: str) -> tuple[int, int] | None:
+    """(rate, channels at most 2) of a file's first audio stream, None without sound."""
     with _open(path) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
-        rate = rate or stream.rate
-        layout = {1: "mono", 2: "stereo"}.get(channels or min(stream.codec_context.layout.nb_channels, 2), "stereo")
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
-        chunks = []
-        for frame in container.decode(stream):
-            chunks += [f.to_ndarray() for f in resampler.resample(frame)]
-        chunks += [f.to_ndarray() for f in resampler.resample(None)]
-    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((1 if layout == "mono" else 2, 0), np.float32)
-    return samples.astype(np.float32), rate
+        return stream.rate, min(stream.codec_context.layout.nb_channels, 2)
 
 
 def join_videos(paths: list[str | os.PathLike], out: str | os.PathLike, crf: int = 18,
                 progress: Callable[[int], None] | None = None) -> int:
     """Videos of one size and frame rate, one after the other, into one MP4 with their sound joined in the same
-    order; frames stream through (memory: one frame), the sound is held (it is small). Returns the frame count."""
+    order (each video's sound cut or padded to its frames); frames and sound stream through. Returns the frame
+    count."""
     paths = [os.fspath(p) for p in paths]
     fps = video_frame_rate(paths[0])
-    sizes = set()
+    sizes, tracks = set(), []
     for path in paths:
         with _open(path) as container:
             if not container.streams.video:
@@ -376,20 +415,11 @@ def join_videos(paths: list[str | os.PathLike], out: str | os.PathLike, crf: int
         if video_frame_rate(path) != fps:
             raise InputError(f"{path} runs at {float(video_frame_rate(path)):g} fps, {paths[0]} at {float(fps):g}; "
                              "join videos of one frame rate")
+        tracks.append((path, float(video_frame_count(path) / fps)))
     if len(sizes) > 1:
         raise InputError(f"the videos have different sizes ({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); join "
                          "segments of one render")
-    audio, first = [], read_audio(paths[0])
-    for path in paths:
-        frames = video_frame_count(path) if first is not None else 0
-        track = read_audio(path, first[1], first[0].shape[0]) if first is not None else None
-        if first is not None:
-            wanted = round(frames * first[1] / fps)  # each video's sound is as long as its frames, padded or cut
-            track = track[0] if track is not None else np.zeros((first[0].shape[0], 0), np.float32)
-            track = np.pad(track, ((0, 0), (0, max(0, wanted - track.shape[1]))))[:, :wanted]
-            audio.append(track)
-    sound = (np.concatenate(audio, axis=1), first[1]) if first is not None else None
-    with Mp4Writer(out, fps=fps, audio=sound, crf=crf) as writer:
+    with Mp4Writer(out, fps=fps, audio_tracks=tracks, crf=crf) as writer:
         for path in paths:
             for frame in read_video_frames(path):
                 writer.write(frame)

@@ -1,4 +1,4 @@
-"""Host copies of a module's weights in one page-locked buffer, so moving a model costs one fast copy in and nothing out.
+"""Host copies of a module's weights in one page-locked buffer: moving a model costs one fast copy in, nothing out.
 
 PyTorch's `pin_memory()` rounds every allocation up to a power of two (its caching host allocator), which would cost
 up to twice a model's size in locked host memory. Here all tensors of a module (or of one block) share one exactly
@@ -34,20 +34,20 @@ def _register(buffer: torch.Tensor) -> bool:
 
 
 def _module_tensors(module: nn.Module):
-    """(owner, kind, name, tensor) of every parameter and buffer, skipping streamed blocks (their streamer owns
-    them) and duplicates (a tensor shared by two modules is copied once)."""
+    """(owner, kind, name, tensor) of every parameter and buffer, except streamed blocks' parameters (their streamer
+    owns them; their few buffers, e.g. fp8 scales, move with the model), each shared tensor once."""
     seen = set()
-    stack = [module]
+    stack = [(module, False)]
     while stack:
-        owner = stack.pop()
-        if getattr(owner, "_hallo_streamed", False):
-            continue
-        for kind, tensors in (("param", owner._parameters), ("buffer", owner._buffers)):
+        owner, streamed = stack.pop()
+        streamed = streamed or getattr(owner, "_hallo_streamed", False)
+        kinds = [("buffer", owner._buffers)] if streamed else [("param", owner._parameters), ("buffer", owner._buffers)]
+        for kind, tensors in kinds:
             for name, tensor in tensors.items():
                 if tensor is not None and id(tensor) not in seen:
                     seen.add(id(tensor))
                     yield owner, kind, name, tensor
-        stack.extend(child for child in owner._modules.values() if child is not None)
+        stack.extend((child, streamed) for child in owner._modules.values() if child is not None)
 
 
 class HostCopy:

@@ -11,9 +11,9 @@ Memory presets (each a `MemoryPlan`):
   room for the next phase (decided from free device memory); same numbers as `full`;
 * `low`: as `balanced` without staying, and the large networks keep their matrices in fp8 (upcast per layer) with the
   transformer's blocks streamed from pinned host memory one block ahead (on CUDA); changes the numbers by fp8 rounding;
-* `12gb`: `low` for a 12 GB card: T5 and the reference network streamed block by block too, the transformer's blocks
-  kept on the device only as far as an 11 GB budget allows, and the VAE decoded in spatial tiles (changes the
-  decoded frames slightly; the latents are `low`'s).
+* `12gb`: `low` for a 12 GB card: T5 and the reference network streamed block by block too, blocks kept on the
+  device only as far as a 10 GB budget (weights and activations) allows, and the VAE decoded in spatial tiles
+  (changes the decoded frames slightly; the latents are `low`'s).
 
 Compile (`compile=None`, the default) means: regional `torch.compile` on CUDA GPUs where Triton is installed (exact
 within bf16 rounding, faster), eager elsewhere (on a CPU compiling costs more than it saves, and the fp32 parity path
@@ -73,7 +73,7 @@ MEMORY_PLANS = {
     "balanced": MemoryPlan(keep_resident=False, fp8_storage=False, stream_blocks=False, keep_while_fits=True),
     "low": MemoryPlan(keep_resident=False, fp8_storage=True, stream_blocks=True),
     "12gb": MemoryPlan(keep_resident=False, fp8_storage=True, stream_blocks=True, stream_all=True,
-                       device_budget_gb=11.0, vae_decode_tiles=True),
+                       device_budget_gb=10.0, vae_decode_tiles=True),
 }
 
 
@@ -101,7 +101,7 @@ class EngineOptions:
 
     @classmethod
     def resolve(cls, device: str | torch.device | None = None, precision: str = "auto", memory: str = "balanced",
-                attention: str = "auto", compile: bool | None = None, fp8_matmul: bool = False) -> "EngineOptions":
+                attention: str = "auto", compile: bool | None = None, fp8_matmul: bool = False) -> EngineOptions:
         """`compile=None`: on where `compile_supported` (CUDA + Triton), else eager; True/False force it."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if precision not in PRECISIONS:

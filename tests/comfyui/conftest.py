@@ -25,6 +25,7 @@ import harness  # noqa: E402
 
 SKIP_REASON = ("COMFYUI_PATH is not set: real-ComfyUI tests skipped "
                "(set up one with tests/comfyui/setup_comfyui.sh, see docs/comfyui_testing.md)")
+SHARED = harness.REPO.parent / "shared" / "fixtures"
 MODEL_FOLDERS = ("checkpoints", "vae", "text_encoders", "diffusion_models", "audio_encoders", "upscale_models")
 
 
@@ -36,6 +37,9 @@ def comfyui_install() -> tuple[Path, Path]:
         pytest.fail(str(e))
     if path is None:
         pytest.skip(SKIP_REASON)
+    if not SHARED.is_dir():
+        pytest.skip(f"the shared fixtures are missing ({SHARED}): real-ComfyUI tests need the portraits beside the "
+                    "repository")
     try:
         python = harness.comfyui_python(path)
     except FileNotFoundError as e:
@@ -49,6 +53,10 @@ def comfy_models_root(tmp_path_factory) -> Path:
     for sub in MODEL_FOLDERS:
         (root / sub).mkdir()
     return root
+
+
+def pytest_sessionfinish(session, exitstatus):
+    harness._stop_all()  # a server whose fixture never got to its teardown
 
 
 def _start(install, models_root, run_dir, pack_dir):

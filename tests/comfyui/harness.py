@@ -13,6 +13,7 @@ Only the standard library is used here; the browser is driven over the DevTools 
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import importlib.util
 import json
@@ -112,6 +113,17 @@ def write_extra_model_paths(path: Path, models_root: Path, extra: dict[str, list
 # server
 
 
+_RUNNING: list = []  # every server started by this process: stopped at exit whatever happens to the tests
+
+
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        server.stop(timeout=5.0)
+
+
+atexit.register(_stop_all)
+
+
 class ComfyServer:
     """One ComfyUI server process. Use `ComfyServer.start(...)` (or as a context manager) and `stop()`."""
 
@@ -143,7 +155,7 @@ class ComfyServer:
                 link.symlink_to(Path(pack_dir).resolve(), target_is_directory=True)
         settings = run_dir / "user" / "default" / "comfy.settings.json"
         if not settings.exists():  # no first-run tutorial dialog over the canvas
-            settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+            settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}))
         models_root = Path(models_root).resolve() if models_root else run_dir / "models"
         yaml_path = run_dir / "extra_model_paths.yaml"
         write_extra_model_paths(yaml_path, models_root, extra_model_paths)
@@ -171,6 +183,7 @@ class ComfyServer:
                                     stdin=subprocess.DEVNULL, start_new_session=True)
             log.close()
             server = cls(proc, run_dir, port, comfy, python)
+            _RUNNING.append(server)
             try:
                 server.wait_ready(startup_timeout)
                 server.startup_seconds = time.monotonic() - t0
@@ -266,6 +279,8 @@ class ComfyServer:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (then SIGKILL) to the server's own process group; returns its exit code."""
+        if self in _RUNNING:
+            _RUNNING.remove(self)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)

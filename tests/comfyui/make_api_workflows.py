@@ -20,7 +20,7 @@ UNET_FILES = {"official_models": "none", "reference": "none", "vae": "sd_vae_ft_
               "text_encoder": "none"}
 COMMON_FILES = {"audio_encoder": "wav2vec2-base-960h", "face_models": "models/antelopev2",
                 "vocal_separator": "Kim_Vocal_2.onnx"}
-ENGINE = {"precision": "auto", "memory": "balanced", "attention": "comfy", "compile": False, "size": 512}
+ENGINE = {"precision": "auto", "memory": "balanced", "attention": "comfy", "compile": True, "size": 512}
 SPLIT_SECONDS = {"hallo3": 3.76, "unet": 3.84}  # where segment 2 starts: on the clip grid (2 x 47 and 6 x 16 frames)
 UPSCALE = {"parsing_model": "parsing_parsenet.pth", "target": "4K (long side 3840)", "scale": 4.0,
            "fidelity_weight": 0.5, "face_upsample": False}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -30,7 +31,9 @@ OUR_NODES = {
     "HalloVQTemporalUpscale4K": "Hallo2 VQ Temporal Upscale 4K",
 }
 WORKFLOW_NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
+UI_FILES = {json.loads(p.read_text())["extra"]["hallo_api"]: p for p in WORKFLOWS.glob("*.json")}  # by API twin
 TINY_SIZE = 64  # the tiny UNet models' frame size
+SHORT_SECONDS = 2.0  # the 4K workflows' speech: just over one Hallo3 clip (the upscaler costs seconds a frame on a CPU)
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +45,18 @@ def hallo_server(comfyui_install, tmp_path_factory):
     comfy, python = comfyui_install
     server = harness.ComfyServer.start(tmp_path_factory.mktemp("hallo_run"), comfy=comfy, python=python,
                                        pack_dir=REPO, models_root=models)
-    audio = cut_audio(PORTRAITS / "0001.wav", 2.2, tmp_path_factory.mktemp("inputs") / "speech.wav")
-    server.upload(PORTRAITS / "0001.jpg", "portrait.jpg")
-    server.upload(audio, "speech.wav")
-    server.speech_frames = _video_frames(audio)
-    yield server
-    server.stop()
+    try:
+        inputs = tmp_path_factory.mktemp("inputs")
+        audio = cut_audio(PORTRAITS / "0001.wav", 2.2, inputs / "speech.wav")
+        short = cut_audio(PORTRAITS / "0001.wav", SHORT_SECONDS, inputs / "speech_short.wav")
+        server.upload(PORTRAITS / "0001.jpg", "portrait.jpg")
+        server.upload(audio, "speech.wav")
+        server.upload(short, "speech_short.wav")
+        server.speech_frames = _video_frames(audio)
+        server.short_speech_frames = _video_frames(short)
+        yield server
+    finally:
+        server.stop()
 
 
 def _video_frames(audio_path: Path) -> int:
@@ -58,13 +67,17 @@ def _video_frames(audio_path: Path) -> int:
 
 
 def _workflow(name: str, steps: int = 2) -> dict:
-    """A shipped API workflow on the tiny models and the 2.2 s test speech: few steps, tiny frames, segment 2 from
-    the speech's second clip (Hallo3: 47 frames, Hallo/Hallo2: 2 x 16), the 4K upscale at x2."""
+    """A shipped API workflow on the tiny models and the 2.2 s test speech (the 4K ones: the 2.0 s one): few steps,
+    tiny frames, segment 2 from the speech's second clip (Hallo3: 47 frames, Hallo/Hallo2: 16 or 2 x 16), the 4K
+    upscale at x2."""
     prompt = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    short = name.endswith("4k")
     for node in prompt.values():
         inputs = node["inputs"]
+        if node["class_type"] == "LoadAudio" and short:
+            inputs["audio"] = "speech_short.wav"
         if node["class_type"] in ("HalloDiTDenoise", "HalloUNetDenoise"):
-            split = 1.88 if node["class_type"] == "HalloDiTDenoise" else 1.28
+            split = 1.88 if node["class_type"] == "HalloDiTDenoise" else (0.64 if short else 1.28)
             inputs["steps"] = steps
             if inputs["start_seconds"] > 0:
                 inputs["start_seconds"] = split
@@ -75,6 +88,11 @@ def _workflow(name: str, steps: int = 2) -> dict:
         if node["class_type"] == "HalloVQTemporalUpscale4K":
             inputs["target"], inputs["scale"] = "scale", 2.0
     return prompt
+
+
+def _options(spec: list) -> list:
+    """A combo's choices from /object_info: the type itself (ComfyUI checks these) or the V3 COMBO options."""
+    return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
 
 
 def test_the_nodes_are_registered_with_their_inputs(hallo_server):
@@ -94,14 +112,14 @@ def test_the_nodes_are_registered_with_their_inputs(hallo_server):
     shipped = {p.stem for p in WORKFLOWS.glob("*.json")}
     assert set(templates.get("hallo-nodes", [])) == shipped, templates  # the template browser: UI files only
     loader = info["LoadHalloModel"]["input"]["required"]
-    models = loader["diffusion_model"][1]["options"]
+    models = _options(loader["diffusion_model"])
     assert {"hallo3/hallo3_transformer_bf16.safetensors", "hallo2/hallo2_unet_fp16.safetensors",
             "hallo/hallo_unet_fp16.safetensors"} <= set(models)
     assert not [m for m in models if "reference" in m]  # roles: the reference network is not a diffusion model
-    assert loader["reference"][1]["options"][2:] == ["hallo3/hallo3_reference_bf16.safetensors"]
-    assert "t5-v1_1-xxl" in loader["text_encoder"][1]["options"]
-    assert "hallo2_net_g.pth" in loader["upscaler"][1]["options"]
-    core_upscalers = info["UpscaleModelLoader"]["input"]["required"]["model_name"][0]
+    assert _options(loader["reference"])[2:] == ["hallo3/hallo3_reference_bf16.safetensors"]
+    assert "t5-v1_1-xxl" in _options(loader["text_encoder"])
+    assert "hallo2_net_g.pth" in _options(loader["upscaler"])
+    core_upscalers = _options(info["UpscaleModelLoader"]["input"]["required"]["model_name"])
     assert core_upscalers == ["RealESRGAN_x2plus.pth"]  # Hallo2's restorer and parser are in their own folder
     unet = info["HalloUNetDenoise"]["input"]
     assert {"pose_weight", "expression_weight", "lip_weight"} <= set(unet["required"])
@@ -119,7 +137,7 @@ def test_api_workflow_runs_on_tiny_models(hallo_server, tmp_path, name):
     assert len(videos) == 1
     info = probe(videos[0])
     assert [s["codec"] for s in info["streams"]] == ["h264", "aac"]
-    assert info["frames"] == hallo_server.speech_frames
+    assert info["frames"] == (hallo_server.short_speech_frames if name.endswith("4k") else hallo_server.speech_frames)
     audio = next(s for s in info["streams"] if s["type"] == "audio")
     assert abs(audio["duration"] - info["frames"] / 25) <= 1 / 25 + 1e-6
     video = next(s for s in info["streams"] if s["type"] == "video")
@@ -133,7 +151,7 @@ def test_face_upsample_changes_the_face_and_needs_an_upscale_model(hallo_server,
     from PIL import Image
 
     workflow = _workflow("hallo3_long_video_4k")
-    upscale = _node(workflow, "HalloVQTemporalUpscale4K")
+    upscale = {k: v for k, v in _node(workflow, "HalloVQTemporalUpscale4K")["inputs"].items() if k != "video"}
     outputs = {}
     for face_upsample in (False, True):
         prompt = {
@@ -143,7 +161,7 @@ def test_face_upsample_changes_the_face_and_needs_an_upscale_model(hallo_server,
             "3": _node(workflow, "LoadHalloModel"),
             "13": _node(workflow, "UpscaleModelLoader"),
             "14": {"class_type": "HalloVQTemporalUpscale4K",
-                   "inputs": {**upscale["inputs"], "images": ["2", 0], "upscale_model": ["13", 0],
+                   "inputs": {**upscale, "images": ["2", 0], "upscale_model": ["13", 0],
                               "model": ["3", 0], "face_upsample": face_upsample}},
             "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0],
                                                           "filename_prefix": f"face_upsample_{face_upsample}"}},
@@ -157,7 +175,6 @@ def test_face_upsample_changes_the_face_and_needs_an_upscale_model(hallo_server,
     assert (outputs[True] != outputs[False]).any(axis=-1).mean() > 0.01  # a face was found and pasted differently
 
     del prompt["14"]["inputs"]["upscale_model"]
-    prompt["14"]["inputs"].pop("video", None)
     result = hallo_server.run(prompt, timeout=600)
     assert result["status"] == "error"
     message = result["data"]["exception_message"].strip()
@@ -246,18 +263,49 @@ def test_interrupted_unet_denoise_resumes_its_finished_clips(hallo_server):
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_ui_workflow_loads_in_the_browser(hallo_server, chromium, tmp_path, name):
     errors = harness.open_ui(chromium, hallo_server.url)
-    report = harness.load_workflow_in_ui(chromium, json.loads((WORKFLOWS / f"{name}.json").read_text()),
+    report = harness.load_workflow_in_ui(chromium, json.loads(UI_FILES[f"api/{name}.json"].read_text()),
                                          screenshot=tmp_path / f"{name}.png")
     assert report["missing"] == [] and report["errors"] == [], report
     ours = [e for e in report["console"] + errors if "/extensions/hallo-nodes/" in e or "hallo.nodes" in e]
     assert ours == []
     statuses = chromium.evaluate("Array.from(document.querySelectorAll('.hallo-status')).length")
-    expected = sum(1 for n in report["nodes"] if n["type"] in ("HalloDiTDenoise", "HalloAudioEncodeWav2Vec"))
+    expected = sum(1 for n in report["nodes"]
+                   if n["type"] in ("HalloDiTDenoise", "HalloUNetDenoise", "HalloAudioEncodeWav2Vec"))
     assert statuses == expected > 0
     # The extension reads the connected speech's length and shows the frames and clips it will give.
     chromium.wait_for("Array.from(document.querySelectorAll('.hallo-status'))"
                       ".every(e => e.textContent.includes('frames'))", timeout=30, what="frame and clip counts")
     text = chromium.evaluate("document.querySelector('.hallo-status').textContent")
     assert f"{hallo_server.speech_frames} frames" in text, text
+    # It opens on the whole graph: every node inside the canvas at the saved zoom.
+    outside = chromium.evaluate("""(() => { const ds = app.canvas.ds, c = app.canvas.canvas.getBoundingClientRect();
+      return app.graph._nodes.filter(n => { const x = (n.pos[0] + ds.offset[0]) * ds.scale,
+        y = (n.pos[1] + ds.offset[1]) * ds.scale;
+        return x < 0 || y < 0 || x + n.size[0] * ds.scale > c.width || y + n.size[1] * ds.scale > c.height; })
+        .map(n => n.title); })()""")
+    assert outside == [], outside
+    assert chromium.evaluate("app.canvas.ds.scale") >= 0.5
     chromium.screenshot(report["screenshot"])
     assert Path(report["screenshot"]).stat().st_size > 10_000
+
+
+def test_a_run_from_the_ui_shows_the_finished_video_and_its_text_once(hallo_server, chromium, tmp_path):
+    """Queued from the browser on the tiny models: after the run the denoise node plays its finished video (not the
+    last latent preview) and shows its result text once."""
+    ui = json.loads(UI_FILES["api/hallo2_portrait_to_video.json"].read_text())
+    for node in ui["nodes"]:
+        if node["type"] == "HalloUNetDenoise":
+            node["widgets_values"][2] = 2  # steps
+            node["widgets_values"][4] = 123  # a seed no other test rendered
+        if node["type"] == "LoadHalloModel":
+            node["widgets_values"][-1] = TINY_SIZE
+    harness.open_ui(chromium, hallo_server.url)
+    harness.load_workflow_in_ui(chromium, ui)
+    chromium.evaluate("app.queuePrompt(0, 1).then(() => true)")
+    chromium.wait_for("document.querySelectorAll('video').length > 0", timeout=600, what="the finished video")
+    time.sleep(2)
+    source = chromium.evaluate("Array.from(document.querySelectorAll('video')).map(v => v.src).join(' ')")
+    assert "segment.mp4" in source, source
+    text = chromium.evaluate("document.body.innerText")
+    assert text.count("frames 0-56") == 1, text  # the result text, once
+    chromium.screenshot(tmp_path / "after_run.png")
