@@ -60,8 +60,11 @@ def _generate(args) -> int:
     from .generate import generate
     from .runtime.options import EngineOptions
 
+    from .runtime.parallel_plan import ParallelPlan
+
+    plan = ParallelPlan.resolve(args.parallel, args.ulysses_degree)
     options = EngineOptions.resolve(args.device, args.precision, args.memory, args.attention, args.compile,
-                                    args.fp8_matmul)
+                                    args.fp8_matmul, parallel=plan)
     backbone = load_backbone(args.models, options, args.backbone, require_vocal_separator=not args.no_vocal_separation,
                              frame_size=args.size)
     settings = backbone.default_settings().with_overrides(backbone.name, motion=_given(
@@ -80,6 +83,8 @@ def _generate(args) -> int:
         )
     finally:
         progress.close()  # before any error line, so the error is the last line
+    if not plan.leader:  # the other processes of a parallel render: rank 0 prints
+        return 0
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     resumed = f", {result.resumed_clips} resumed" if result.resumed_clips else ""
@@ -232,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "per-clip: each clip its own")
     unet.add_argument("--audio-pieces", action="store_true",
                       help="Hallo2's 60 s audio pieces, each encoded on its own, as its official long-video script")
+    gen.add_argument("--parallel", default=None, metavar="cfg|ulysses|cfg,ulysses",
+                     help="one video on several GPUs, under torchrun --nproc-per-node N: cfg computes the guidance "
+                          "branches side by side (N = branches: 2, or 3-4 with --text-cfg/--audio-cfg/--ref-cfg), "
+                          "ulysses splits Hallo3's video tokens (N divides its 48 heads), both: branches x degree")
+    gen.add_argument("--ulysses-degree", type=int, default=None,
+                     help="processes per guidance branch with --parallel cfg,ulysses (default: N / branches)")
     gen.add_argument("--render-dir", default=None, help="where finished clips are kept (default: OUT.render/)")
     gen.add_argument("--keep-render", action="store_true", help="keep the render directory after success")
     motion = gen.add_argument_group("motion frames (defaults: each backbone's official values)")
@@ -265,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="speed and memory with random weights (full size on a GPU)")
     bench.add_argument("--size", default="tiny", choices=["tiny", "full"])
+    bench.add_argument("--backbone", default="hallo3", choices=["hallo3", "hallo2", "hallo"],
+                       help="hallo2 / hallo: one clip of the UNet through each memory preset (--presets)")
     bench.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
     bench.add_argument("--precision", "--dtype", dest="precision", default="auto",
                        choices=["auto", "bf16", "fp16", "fp32"], help="compute dtype (auto: bf16 on a GPU, fp32 on a CPU)")
@@ -310,14 +323,28 @@ def _cuda_available() -> bool:
         return False
 
 
+def _prints_errors(error: BaseException) -> bool:
+    """Under torchrun only rank 0 prints a user error: the others either met the same one (every check before the
+    processes meet runs alike on all of them) or were told rank 0's (hallo_core/parallel/session.py)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0" and not getattr(error, "from_leader", False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except HalloError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if _prints_errors(error):
+            print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; finished clips are kept and a re-run resumes", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        if _prints_errors(interrupt):
+            print("error: interrupted; finished clips are kept and a re-run resumes", file=sys.stderr)
         return 130
+    except Exception as error:
+        if getattr(error, "from_leader", False):  # rank 0 crashed and shows the traceback
+            return 1
+        raise

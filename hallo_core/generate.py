@@ -66,7 +66,28 @@ def generate(
 ) -> GenerateResult:
     """Render `audio` spoken by the portrait `image` into `out` (an .mp4). `models` is an official models folder (or
     an already built backbone); `settings` default to the backbone's official ones; `speech_options` go to the
-    backbone's speech preparation (Hallo2: `long_audio_pieces`)."""
+    backbone's speech preparation (Hallo2: `long_audio_pieces`).
+
+    With a parallel plan (`options.parallel`, or the built backbone's; `torchrun ... generate --parallel`), every
+    process calls this: rank 0 renders as below with the denoising steps spread over all of them
+    (hallo_core/parallel/session.py), and every process returns rank 0's result."""
+    engine = options if isinstance(models, (str, os.PathLike)) else getattr(models, "options", None)
+    plan = getattr(engine, "parallel", None)
+    if plan is not None and plan.active:
+        from .parallel import parallel_generate
+
+        model = models if not isinstance(models, (str, os.PathLike)) else load_backbone(
+            models, options, backbone, require_vocal_separator=separate_vocals)
+        settings = settings if settings is not None else model.default_settings()
+        return parallel_generate(model, settings, plan, lambda: _generate(
+            image, audio, out, model, prompt, settings, separate_vocals, render_dir, keep_render, progress, cancel,
+            speech_options))
+    return _generate(image, audio, out, models, prompt, settings, separate_vocals, render_dir, keep_render, progress,
+                     cancel, speech_options, options, backbone)
+
+
+def _generate(image, audio, out, models, prompt, settings, separate_vocals, render_dir, keep_render, progress, cancel,
+              speech_options, options=None, backbone=None) -> GenerateResult:
     # Cheap checks first: a bad path or file is reported before any model is loaded.
     out = check_output_path(out)
     render_dir = check_render_folder(render_dir or os.path.splitext(out)[0] + ".render")

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..hallo_core.errors import InputError
 from .hallo_types import CATEGORY, HalloAudioType, HalloIdentityType, HalloModelType, HalloMotionType
 from .segment_node import render_segment
 
 
-def segment_inputs(steps: int, clip_seconds: float) -> list:
-    """The inputs every denoise node has: the segment, steps, guidance and seed."""
+def segment_inputs(model: str, identity: str, steps: int, clip_seconds: float) -> list:
+    """The inputs every denoise node has: model, speech, identity, motion, the segment, steps, guidance and seed."""
     return [
+        HalloModelType.Input("model", tooltip=f"a {model} model from LoadHalloModel"),
+        HalloAudioType.Input("speech", tooltip="AudioEncodeWav2Vec's speech features"),
+        HalloIdentityType.Input("identity", tooltip=f"IdentityReference's {identity}"),
+        HalloMotionType.Input("motion", optional=True,
+                              tooltip="the previous segment's continuation (or MotionFrameSampler); without it the "
+                                      "segment starts from the portrait"),
         io.Float.Input("start_seconds", default=0.0, min=0.0, max=36000.0, step=0.04,
                        tooltip=f"where the segment starts; snapped down to the {clip_seconds:.2f} s clip grid"),
         io.Float.Input("duration_seconds", default=0.0, min=0.0, max=36000.0, step=0.04,
@@ -51,13 +57,7 @@ class HalloDiTDenoise(io.ComfyNode):
                         "fps, in clips of 47 new frames (1.88 s), each continuing the previous one. Chain segments "
                         "through 'continuation'; they give the same frames as one render of the whole speech.",
             inputs=[
-                HalloModelType.Input("model", tooltip="a Hallo3 model from LoadHalloModel"),
-                HalloAudioType.Input("speech", tooltip="AudioEncodeWav2Vec's speech features"),
-                HalloIdentityType.Input("identity", tooltip="IdentityReference's prepared portrait and prompt"),
-                HalloMotionType.Input("motion", optional=True,
-                                      tooltip="the previous segment's continuation (or MotionFrameSampler); without "
-                                              "it the segment starts from the portrait"),
-                *segment_inputs(50, 47 / 25),
+                *segment_inputs("Hallo3", "prepared portrait and prompt", 50, 47 / 25),
             ],
             outputs=segment_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],

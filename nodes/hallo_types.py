@@ -1,7 +1,7 @@
 """The pack's custom ComfyUI types: only what has no core type (IMAGE, AUDIO, VIDEO and MASK are used wherever
 possible)."""
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 HalloModelType = io.Custom("HALLO_MODEL")  # a backbone with its models and engine options, from LoadHalloModel
 HalloAudioType = io.Custom("HALLO_AUDIO")  # wav2vec2 features + the original audio

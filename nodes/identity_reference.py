@@ -4,7 +4,7 @@ Hallo and Hallo2 also the pose / expression / lip masks, as core MASKs and drawn
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..hallo_core.face.mask_preview import region_masks, region_preview
 from .hallo_types import CATEGORY, HalloIdentity, HalloIdentityType, HalloModelType

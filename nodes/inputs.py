@@ -9,7 +9,7 @@ from another machine, `../` traversal) or a misspelt option is refused before an
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 
 class _Choice(io.Combo.Input):

@@ -8,7 +8,7 @@ import uuid
 
 import comfy.utils
 import folder_paths
-from comfy_api.latest import InputImpl, io
+from comfy_api.v0_0_2 import InputImpl, io
 
 from ..hallo_core.media.video import join_videos
 from .hallo_types import CATEGORY

@@ -4,7 +4,7 @@ official pretrained_models folder, detects which backbone they are, and hands on
 from __future__ import annotations
 
 import comfy.model_management as mm
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..hallo_core.errors import ModelFileError
 from ..hallo_core.hallo3.model_files import ModelFiles
@@ -95,6 +95,12 @@ class LoadHalloModel(io.ComfyNode):
         upscaler_path = None if upscaler == folders.NONE else folders.resolve_file("hallo_upscaler", upscaler)
         options = EngineOptions.resolve(mm.get_torch_device(), precision, memory, "auto", None if compile else False)
         kernel = _attention_kernel(attention)
+        front_end = {  # the speech and face files every backbone takes
+            "wav2vec": picks.folder(audio_encoder, "audio_encoders", "wav2vec"),
+            "face_models": picks.folder(face_models, "insightface", "face_models"),
+            "vocal_separator": picks.optional_file(vocal_separator, "audio_separator", "vocal_separator"),
+            "face_landmarker": picks.official_files.face_landmarker if picks.official_files else None,
+        }
         if backbone == "hallo3":
             if reference == folders.NONE or text_encoder == folders.NONE:
                 raise ModelFileError("Hallo3 needs its reference network and the T5 text encoder: set reference and "
@@ -104,9 +110,7 @@ class LoadHalloModel(io.ComfyNode):
                 reference=picks.file(reference, "diffusion_models", "reference"),
                 vae=picks.file(vae, "vae", "vae"),
                 text_encoder=picks.folder(text_encoder, "text_encoders", "text_encoder"),
-                wav2vec=picks.folder(audio_encoder, "audio_encoders", "wav2vec"),
-                face_models=picks.folder(face_models, "insightface", "face_models"),
-                vocal_separator=picks.optional_file(vocal_separator, "audio_separator", "vocal_separator"),
+                **front_end,
             )
             _check_vae(files.vae, "cogvideox", backbone)
             model = comfy_hallo3_model(files, options, upscaler_path, kernel)
@@ -119,10 +123,7 @@ class LoadHalloModel(io.ComfyNode):
             files = UNetFiles(
                 net=picks.file(diffusion_model, "diffusion_models", "net"),
                 vae=picks.file(vae, "vae", "vae"),
-                wav2vec=picks.folder(audio_encoder, "audio_encoders", "wav2vec"),
-                face_models=picks.folder(face_models, "insightface", "face_models"),
-                vocal_separator=picks.optional_file(vocal_separator, "audio_separator", "vocal_separator"),
-                face_landmarker=picks.official_files.face_landmarker if picks.official_files else None,
+                **front_end,
             )
             _check_vae(files.vae, "sd", backbone)
             model = comfy_unet_model(files, backbone, options, size, upscaler_path, kernel)

@@ -3,7 +3,7 @@ motion-frame options."""
 
 from __future__ import annotations
 
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..hallo_core.errors import InputError
 from ..hallo_core.render.backbone import Continuation

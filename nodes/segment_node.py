@@ -15,7 +15,7 @@ import comfy.utils
 import folder_paths
 import psutil
 import torch
-from comfy_api.latest import InputImpl, io
+from comfy_api.v0_0_2 import InputImpl, io
 from PIL import Image
 
 from ..hallo_core.errors import InputError
@@ -98,7 +98,7 @@ def render_segment(node, model, speech, identity, motion: HalloMotion | None, st
     resumed = f", {result.resumed} resumed" if result.resumed else ""
     lines = [f"frames {segment.frames.start}-{segment.frames.stop} ({result.seconds:.2f} s), "
              f"{len(segment.clips)} clips{resumed}", *result.notes]
-    progress.finish("\n".join(lines))
+    progress.finish()
     subfolder = os.path.relpath(store.directory, folder_paths.get_output_directory()).replace(os.sep, "/")
     preview = {"images": [{"filename": "segment.mp4", "subfolder": subfolder, "type": "output"}],
                "animated": (True,), "text": ("\n".join(lines),)}  # ComfyUI plays it, with sound, in the node
@@ -113,6 +113,7 @@ class SegmentProgress:
         self.bar = comfy.utils.ProgressBar(total_steps, node_id=node_id)
         self.previewer = previewer
         self.started = None
+        self.created = time.monotonic()
 
     def __call__(self, event) -> None:
         if event.phase != "denoise":
@@ -130,9 +131,10 @@ class SegmentProgress:
         send_text(f"clip {event.clip + 1}/{event.clips} · step {event.step}/{event.steps} · "
                   f"about {duration_text(left)} left", self.node_id)
 
-    def finish(self, text: str) -> None:
+    def finish(self) -> None:
+        """The result itself is the node's text output (web/hallo.js keeps it under the status line)."""
         self.bar.update_absolute(self.bar.total, self.bar.total, None)
-        send_text(text, self.node_id)
+        send_text(f"finished in {duration_text(time.monotonic() - self.created)}", self.node_id)
 
 
 def duration_text(seconds: float) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..hallo_core.errors import InputError
 from .dit_denoise import motion_settings, segment_inputs, segment_outputs
-from .hallo_types import CATEGORY, HalloAudioType, HalloIdentityType, HalloModelType, HalloMotionType
+from .hallo_types import CATEGORY
 from .segment_node import render_segment
 
 
@@ -27,13 +27,7 @@ class HalloUNetDenoise(io.ComfyNode):
                         "three weights scale the audio's hold on the head pose, the expression and the lips (the "
                         "regions IdentityReference shows). Chained segments give the same frames as one render.",
             inputs=[
-                HalloModelType.Input("model", tooltip="a Hallo or Hallo2 model from LoadHalloModel"),
-                HalloAudioType.Input("speech", tooltip="AudioEncodeWav2Vec's speech features"),
-                HalloIdentityType.Input("identity", tooltip="IdentityReference's prepared portrait"),
-                HalloMotionType.Input("motion", optional=True,
-                                      tooltip="the previous segment's continuation (or MotionFrameSampler); without "
-                                              "it the segment starts from the portrait"),
-                *segment_inputs(40, 16 / 25),
+                *segment_inputs("Hallo or Hallo2", "prepared portrait", 40, 16 / 25),
                 weight_input("pose_weight", "the head pose (the background region)"),
                 weight_input("expression_weight", "the facial expression (the face region)"),
                 weight_input("lip_weight", "the lips"),

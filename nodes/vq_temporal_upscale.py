@@ -15,7 +15,7 @@ import comfy.model_management as mm
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import InputImpl, io
+from comfy_api.v0_0_2 import InputImpl, io
 
 from ..hallo_core.errors import InputError, ModelFileError
 from ..hallo_core.media.video import Mp4Writer, read_video_frames, video_frame_count, video_frame_rate

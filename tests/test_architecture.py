@@ -15,7 +15,7 @@ LEVELS = {
     "memory": 2, "audio": 2, "face": 2,
     "render": 3,
     "hallo3": 4, "hallo_unet": 4, "upscaler": 4,
-    "backbones": 5, "generate": 5, "convert": 5, "batch": 5,
+    "backbones": 5, "generate": 5, "convert": 5, "batch": 5, "parallel": 5,
     "cli": 6, "__main__": 6, "dev": 6, "__init__": 6,
 }
 

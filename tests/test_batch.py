@@ -208,7 +208,8 @@ def test_every_generate_option_is_a_manifest_key_and_listed_in_the_help():
 
     [commands] = [a for a in build_parser()._actions if a.dest == "command"]
     options = {action.dest for action in commands.choices["generate"]._actions}
-    batch_level = {"help", "device", "render_dir", "keep_render"}  # the batch's flags and the workers' resources
+    batch_level = {"help", "device", "render_dir", "keep_render",  # the batch's flags and the workers' resources
+                   "parallel", "ulysses_degree"}  # torchrun's: a batch job has one GPU
     renamed = {"out": "output", "no_vocal_separation": "vocal_separation"}
     assert {renamed.get(option, option) for option in options - batch_level} == set(KEYS)
     assert [key for key in KEYS if key not in BATCH_EPILOG] == []

@@ -45,3 +45,15 @@ def test_unknown_presets_or_options_are_refused_in_one_line(capsys):
     assert "error: --presets: unknown fast; choose from balanced,full,low,12gb" in capsys.readouterr().err
     assert main(["bench", "--options", "fp8", "--out", "unused.json"]) == 2
     assert "error: --options: unknown fp8; choose from compile,fp8_matmul" in capsys.readouterr().err
+
+
+def test_unet_bench_renders_a_clip_under_each_preset():
+    """`bench --backbone hallo2`: one clip through the real backbone per preset; balanced equals full."""
+    from hallo_core.dev.unet_bench import run_unet_benchmark, unet_rows
+
+    record = run_unet_benchmark("tiny", "cpu", steps=2, presets=("full", "balanced"))
+    full, balanced = record["presets"]["full"], record["presets"]["balanced"]
+    assert full["finite"] and balanced["identical"] and balanced["compared_with"] == "full"
+    assert full["per_output_second_s"] > 0 and record["frame_size"] == 64
+    rows = unet_rows(record, "python -m hallo_core bench --backbone hallo2")
+    assert len(rows) == 2 and "| balanced |" in rows[1] and "identical" in rows[1]

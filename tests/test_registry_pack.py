@@ -47,7 +47,7 @@ def test_comfy_node_pack_ships_the_runtime_and_nothing_else(packed):
         names = set(archive.namelist())
     for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "LICENSE", "README.md", "web/hallo.js",
                    "nodes/__init__.py", "nodes/dit_denoise.py", "hallo_core/hallo3/backbone.py", "hallo_core/render/engine.py",
-                   "hallo_core/hallo3/transformer.py", "workflows/hallo3_portrait_to_video.json",
+                   "hallo_core/hallo3/transformer.py", "workflows/Hallo3 - portrait and speech to talking video.json",
                    "workflows/api/hallo3_portrait_to_video.json", "workflows/run_api.py"):
         assert needed in names, needed
     assert not [n for n in names if n.startswith(("tests/", "bench/", ".ci/")) or "__pycache__" in n

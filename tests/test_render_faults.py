@@ -182,7 +182,11 @@ def test_a_second_render_into_the_same_folder_is_refused(common, tmp_path, frame
     while not (render_dir / "manifest.json").exists():
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.05)
-    second = _generate([*common, "--out", tmp_path / "b.mp4", "--render-dir", render_dir])
+    os.kill(first.pid, signal.SIGSTOP)  # paused, holding the folder: the second cannot race past its end
+    try:
+        second = _generate([*common, "--out", tmp_path / "b.mp4", "--render-dir", render_dir])
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     line = _one_line_error(second)
     assert "another render is writing into" in line
     out, err = first.communicate(timeout=600)

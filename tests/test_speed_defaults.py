@@ -6,8 +6,9 @@ import importlib.util
 import pytest
 import torch
 
+from conftest import random_hallo3_clip
 from hallo_core.hallo3.checkpoint import load_transformer
-from hallo_core.hallo3.denoiser import GuidedDenoiser, LateCfgCache, build_clip_conditioning
+from hallo_core.hallo3.denoiser import GuidedDenoiser, LateCfgCache
 from hallo_core.hallo3.sampler import sat_schedule
 from hallo_core.runtime.options import EngineOptions, compile_supported
 
@@ -35,22 +36,6 @@ def test_generate_has_compile_and_no_compile():
     assert calibrate.steps == 50 and calibrate.out is None and callable(calibrate.run)
 
 
-def _clip(model, seed):
-    config = model.config
-    generator = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=generator)  # noqa: E731
-    reference = [rand(1, config.tokens_per_frame, config.hidden_size) for _ in range(config.num_layers)]
-    with torch.no_grad():
-        conditioning = build_clip_conditioning(
-            model, rand(1, config.latent_frames, config.out_channels, config.latent_height, config.latent_width),
-            rand(1, config.text_length, config.text_embed_dim),
-            rand(1, 1 + 4 * (config.latent_frames - 1), 5, config.audio_input_dim // 5),
-            rand(1, 512),
-            model.reference_key_values(reference))
-    x = rand(1, config.latent_frames, config.out_channels, config.latent_height, config.latent_width)
-    return conditioning, x
-
-
 def test_compiled_blocks_equal_eager_and_never_recompile(tiny_models):
     """The first step compiles (one graph for all blocks, static shapes); later steps, a second clip and the
     late-step CFG cache's one-row call after its own first compile run without recompiling. `aot_eager` traces as
@@ -60,7 +45,7 @@ def test_compiled_blocks_equal_eager_and_never_recompile(tiny_models):
     torch._dynamo.reset()
     compiled.compile_blocks(backend="aot_eager")
     schedule = sat_schedule(10)
-    clips = [_clip(eager, 1), _clip(eager, 2)]
+    clips = [random_hallo3_clip(eager, 1), random_hallo3_clip(eager, 2)]
     first = GuidedDenoiser(compiled, clips[0][0], schedule, late_cfg=LateCfgCache(0.2))
     first(clips[0][1], 0)
     first(clips[0][1], 9)  # the 1-row call: its own graph, once

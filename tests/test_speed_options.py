@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
-from conftest import cut_audio, render_all, tiny_backbone
+from conftest import cut_audio, random_hallo3_clip, render_all, tiny_backbone
 
 from hallo_core.errors import InputError
 from hallo_core.hallo3.backbone import Hallo3Settings
 from hallo_core.hallo3.checkpoint import load_transformer
-from hallo_core.hallo3.denoiser import GuidedDenoiser, LateCfgCache, build_clip_conditioning
+from hallo_core.hallo3.denoiser import GuidedDenoiser, LateCfgCache
 from hallo_core.hallo3.sampler import sat_schedule
 from hallo_core.hallo3.step_cache import StepCacheCalibration, fit_calibration
 from hallo_core.memory.weight_casting import RowwiseFp8Linear, enable_fp8_matmul
@@ -85,20 +85,10 @@ def test_calibrated_step_cache_skips_steps_and_stays_close(tiny_models, portrait
 
 def test_late_cfg_cache_runs_one_row_on_late_steps_and_stays_close(tiny_models):
     model = load_transformer(tiny_models, dtype=torch.float32)
-    config = model.config
-    generator = torch.Generator().manual_seed(0)
-    rand = lambda *shape: torch.randn(*shape, generator=generator)  # noqa: E731
-    reference = [rand(1, config.tokens_per_frame, config.hidden_size) for _ in range(config.num_layers)]
-    with torch.no_grad():
-        conditioning = build_clip_conditioning(
-            model, rand(1, config.latent_frames, config.out_channels, config.latent_height, config.latent_width),
-            rand(1, config.text_length, config.text_embed_dim),
-            rand(1, 1 + 4 * (config.latent_frames - 1), 5, config.audio_input_dim // 5), rand(1, 512),
-            model.reference_key_values(reference))
+    conditioning, x = random_hallo3_clip(model, 0)
     rows = []
     model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
     schedule = sat_schedule(10)
-    x = rand(1, config.latent_frames, config.out_channels, config.latent_height, config.latent_width)
     official = GuidedDenoiser(model, conditioning, schedule)
     cached = GuidedDenoiser(model, conditioning, schedule, late_cfg=LateCfgCache(0.3))
     exact = [official(x, step) for step in range(10)]

@@ -74,7 +74,7 @@ def test_ui_workflow_opens_on_the_whole_graph_with_a_thumbnail(name):
     ui = json.loads(FILES[name][0].read_text(encoding="utf-8"))
     assert len(ui["groups"]) >= 4 and sum(n["type"] == "Note" for n in ui["nodes"]) == len(ui["groups"])
     scale, (dx, dy) = ui["extra"]["ds"]["scale"], ui["extra"]["ds"]["offset"]
-    assert 0.5 <= scale <= 1.0
+    assert 0.6 <= scale <= 1.0  # below about 0.57 ComfyUI draws nodes without their text
     width, height = wv.VIEW_SIZE
     for group in ui["groups"]:  # every group inside the view it opens in
         x, y, w, h = group["bounding"]

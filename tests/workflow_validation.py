@@ -25,8 +25,9 @@ from pathlib import Path
 
 CORE_SPECS_PATH = Path(__file__).resolve().parent / "fixtures" / "comfy_core_nodes.json"
 UI_ONLY_NODE_TYPES = frozenset({"Note", "MarkdownNote", "PrimitiveNode", "Reroute"})
-# The canvas a shipped workflow opens fitted to: a 1600 x 1000 browser window less ComfyUI's side bar and menus.
-VIEW_SIZE = (1500, 860)
+# The canvas a shipped workflow opens fitted to: a 1600 x 1000 browser window less ComfyUI's side bar, menus and
+# bottom panel (measured: 1536 x 779 in ComfyUI 0.3.64 with frontend 1.27).
+VIEW_SIZE = (1500, 775)
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 CONTROL_MODES = frozenset({"fixed", "increment", "decrement", "randomize"})
 UPLOAD_FLAGS = ("image_upload", "audio_upload", "video_upload", "animated_image_upload")

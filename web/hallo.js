@@ -2,7 +2,8 @@
 // - the denoise nodes and AudioEncodeWav2Vec: the frames and clips the connected speech will give, before running
 //   (Hallo3 clips add 47 frames, Hallo/Hallo2 clips 16);
 // - after a run, the denoise and upscale nodes play their finished video (ComfyUI's own video preview) instead of the
-//   last latent preview; their progress and result texts are ComfyUI's own node text.
+//   last latent preview, and the denoise nodes keep their result text under the status (progress is ComfyUI's own
+//   node text, which newer frontends clear when the run ends).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -13,6 +14,7 @@ const STATUS_NODES = [...DENOISE, "HalloAudioEncodeWav2Vec"];
 const VIDEO_NODES = [...DENOISE, "HalloVQTemporalUpscale4K"];
 const STATUS = "hallo_status";
 const durations = new Map(); // audio file name -> seconds, null while reading, or an error text
+const results = new Map(); // node id -> the text of its last run (kept: newer frontends clear progress texts)
 
 function statusElement(node) {
   return node.widgets?.find((w) => w.name === STATUS)?.element;
@@ -112,13 +114,34 @@ function describe(node) {
   return segment === p.clips ? whole : `${whole}\nthis segment: clips ${p.firstClip + 1}-${p.lastClip} (${segment})`;
 }
 
+function nodeOutputStore() {
+  // Frontends after 1.27 keep latent previews in their nodeOutput store and draw them over the node's outputs until
+  // the node runs again; there is no extension API to drop them, so reach the store through the Vue app.
+  try {
+    return document.querySelector("#vue-app")?.__vue_app__?.config?.globalProperties?.$pinia?._s?.get("nodeOutput");
+  } catch {
+    return undefined;
+  }
+}
+
 function showFinishedVideo(node) {
   // The last latent preview would stay over the node's finished video: drop it, so ComfyUI shows the video.
   const locator = String(node.id);
-  const previews = app.nodePreviewImages?.[locator];
-  if (previews) {
-    for (const url of previews) URL.revokeObjectURL?.(url);
-    delete app.nodePreviewImages[locator];
+  const store = nodeOutputStore();
+  if (store?.revokePreviewsByLocatorId) {
+    store.revokePreviewsByLocatorId(locator);
+    node.images = undefined; // the frontend re-reads the outputs: the video
+    node.imgs = undefined;
+    for (const name of ["$$comfy_animation_preview", "$$canvas-image-preview"]) {
+      const stale = node.widgets?.find((w) => w.name === name);
+      if (stale) node.removeWidget?.(stale);
+    }
+  } else {
+    const previews = app.nodePreviewImages?.[locator];
+    if (previews) {
+      for (const url of previews) URL.revokeObjectURL?.(url);
+      delete app.nodePreviewImages[locator];
+    }
   }
   node.previewMediaType = "video";
   node.setDirtyCanvas?.(true, true);
@@ -140,11 +163,15 @@ if (!window.__halloNodesExtension) {
     setup() {
       api.addEventListener("executed", ({ detail }) => {
         const node = app.graph.getNodeById(Number(detail?.display_node ?? detail?.node));
-        if (node && VIDEO_NODES.includes(node.type) && detail?.output?.animated) showFinishedVideo(node);
+        if (!node) return;
+        if (VIDEO_NODES.includes(node.type) && detail?.output?.animated) showFinishedVideo(node);
+        if (STATUS_NODES.includes(node.type) && detail?.output?.text) results.set(node.id, detail.output.text.join("\n"));
       });
       setInterval(() => {
         for (const node of app.graph?._nodes ?? []) {
-          if (STATUS_NODES.includes(node.type)) setStatus(node, describe(node));
+          if (!STATUS_NODES.includes(node.type)) continue;
+          const result = results.get(node.id);
+          setStatus(node, result ? `${describe(node)}\nlast run: ${result}` : describe(node));
         }
       }, 1000);
     },

@@ -439,7 +439,13 @@ def _known(listed: str, known: tuple[str, ...], flag: str) -> list[str]:
 def main(args) -> int:
     dtype = None if args.precision in (None, "auto") else DTYPES[args.precision]
     command = "python -m hallo_core bench " + " ".join(sys.argv[2:])
-    if args.presets:
+    if getattr(args, "backbone", "hallo3") != "hallo3":
+        from .unet_bench import run_unet_benchmark, unet_rows
+
+        presets = tuple(_known(args.presets or "full,balanced,low", MEMORY_PRESETS, "--presets"))
+        record = run_unet_benchmark(args.size, args.device, dtype, args.steps, presets, version=args.backbone)
+        rows = unet_rows(record, command)
+    elif args.presets:
         presets = tuple(_known(args.presets, MEMORY_PRESETS, "--presets"))
         record = run_preset_benchmark(args.size, args.device, dtype, args.steps, presets,
                                       layers=args.layers, compile_blocks=args.compile)

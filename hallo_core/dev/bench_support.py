@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 
 import torch
 
@@ -14,8 +15,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def start_peak(device: torch.device) -> None:
+    """Free cached blocks and restart the peak-memory counter (CUDA), so a run's peak is its own."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def median_interval(times: list[float]) -> float | None:
+    """Median time between successive events (the step time from per-step clock readings)."""
+    return statistics.median(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else None
+
+
 def random_module(build, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
-    """`build()`'s module with random weights (norm scales 1, the rest N(0, 0.02)) made directly on the device."""
+    """`build()`'s module with random weights (norm scales 1, the rest N(0, 0.02)) made directly on the device.
+    Buffers too (e.g. the motion modules' positional table, which a checkpoint fills): `to_empty` leaves them as
+    whatever memory the allocator hands back, NaN included."""
     with torch.device("meta"):
         model = build().to(dtype)
     model = model.to_empty(device=device)
@@ -26,6 +41,11 @@ def random_module(build, device: torch.device, dtype: torch.dtype, seed: int = 0
                 param.fill_(1.0)
             else:
                 param.copy_(torch.randn(param.shape, generator=generator, device=device, dtype=torch.float32) * 0.02)
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(torch.randn(buffer.shape, generator=generator, device=device, dtype=torch.float32) * 0.02)
+            else:
+                buffer.zero_()
     return model.eval()
 
 

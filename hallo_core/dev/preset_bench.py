@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import gc
 import os
-import statistics
 import time
 
 import torch
@@ -36,7 +35,7 @@ from ..memory.residency import LocalModels
 from ..render.engine import render_clips
 from ..render.progress import Reporter
 from ..runtime.options import EngineOptions
-from .bench_support import device_name, random_module, random_vae, sync
+from .bench_support import device_name, median_interval, random_module, random_vae, start_peak, sync
 from .tiny_transformer import tiny_config
 
 WAV2VEC_LAYERS = 12
@@ -206,9 +205,7 @@ def run_preset_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.d
                 sync(device)
                 step_times.append(time.perf_counter())
 
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
+        start_peak(device)
         started = time.perf_counter()
         settings = Hallo3Settings(steps=steps)
         video = pipeline.prepare_video(identity, speech, "a person talking", settings)
@@ -219,8 +216,7 @@ def run_preset_benchmark(size: str = "tiny", device: str = "cpu", dtype: torch.d
         result = {"render_s": time.perf_counter() - started, "phases": models.phases,
                   "peak_gpu_mb": max((p["peak_gpu_mb"] for p in models.phases.values()), default=0.0),
                   "reserved_gpu_mb": max((p["reserved_gpu_mb"] for p in models.phases.values()), default=0.0),
-                  "step_s": statistics.median(b - a for a, b in zip(step_times, step_times[1:]))
-                  if len(step_times) > 1 else None,
+                  "step_s": median_interval(step_times),
                   "finite": bool(torch.isfinite(frames).all())}
         result["evictions"] = list(models.evictions)
         if reference_frames is None:

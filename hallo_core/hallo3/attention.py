@@ -16,23 +16,13 @@ import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 
-from ..runtime.attention import sdpa
-
-
-def _heads(attn: Attention, states: torch.Tensor) -> torch.Tensor:
-    batch = states.shape[0]
-    return states.view(batch, -1, attn.heads, states.shape[-1] // attn.heads).transpose(1, 2)
-
-
-def _merge_heads(states: torch.Tensor) -> torch.Tensor:
-    batch, heads, length, head_dim = states.shape
-    return states.transpose(1, 2).reshape(batch, length, heads * head_dim)
+from ..runtime.attention import merge_heads, sdpa, split_heads
 
 
 def reference_key_value(attn: Attention, reference_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys (after the k-LayerNorm, never rotated) and values of the reference tokens for one layer."""
-    key = attn.norm_k(_heads(attn, attn.to_k(reference_tokens)))
-    value = _heads(attn, attn.to_v(reference_tokens))
+    key = attn.norm_k(split_heads(attn.to_k(reference_tokens), attn.heads))
+    value = split_heads(attn.to_v(reference_tokens), attn.heads)
     return key, value
 
 
@@ -53,9 +43,9 @@ class ReferenceJointAttnProcessor:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         text_length = encoder_hidden_states.shape[1]
         states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        query = attn.norm_q(_heads(attn, attn.to_q(states)))
-        key = attn.norm_k(_heads(attn, attn.to_k(states)))
-        value = _heads(attn, attn.to_v(states))
+        query = attn.norm_q(split_heads(attn.to_q(states), attn.heads))
+        key = attn.norm_k(split_heads(attn.to_k(states), attn.heads))
+        value = split_heads(attn.to_v(states), attn.heads)
         if image_rotary_emb is not None:
             query[:, :, text_length:] = apply_rotary_emb(query[:, :, text_length:], image_rotary_emb)
             key[:, :, text_length:] = apply_rotary_emb(key[:, :, text_length:], image_rotary_emb)
@@ -63,7 +53,7 @@ class ReferenceJointAttnProcessor:
             ref_key, ref_value = (t.expand(query.shape[0], -1, -1, -1) for t in reference_kv)
             key = torch.cat([key, ref_key], dim=2)
             value = torch.cat([value, ref_value], dim=2)
-        out = attn.to_out[0](_merge_heads(self.kernel(query, key, value)))
+        out = attn.to_out[0](merge_heads(self.kernel(query, key, value)))
         return out[:, text_length:], out[:, :text_length]
 
 
@@ -89,10 +79,10 @@ class FrameCrossAttnProcessor:
         context = encoder_hidden_states
         if context.shape[0] == batch and frames > 1:  # one set of tokens for all frames (face)
             context = context.repeat_interleave(frames, dim=0)
-        query = norm_q(_heads(attn, attn.to_q(per_frame)))
-        key = norm_k(_heads(attn, attn.to_k(context)))
-        value = _heads(attn, attn.to_v(context))
+        query = norm_q(split_heads(attn.to_q(per_frame), attn.heads))
+        key = norm_k(split_heads(attn.to_k(context), attn.heads))
+        value = split_heads(attn.to_v(context), attn.heads)
         if frame_rotary_emb is not None:
             query = apply_rotary_emb(query, frame_rotary_emb)
-        out = _merge_heads(self.kernel(query, key, value))
+        out = merge_heads(self.kernel(query, key, value))
         return attn.to_out[0](out).reshape(batch, length, dim)

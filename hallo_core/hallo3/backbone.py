@@ -147,6 +147,7 @@ class Hallo3Backbone:
         self.models = models
         self.transformer_path = transformer_path  # where the step cache's calibration lives by default
         self.calibration_recorder = None  # set by `calibrate`: records every step of the next clip
+        self.denoiser_wrapper = None  # set by hallo_core/parallel/: each clip's GuidedDenoiser -> one spread over GPUs
         self.config = config
         self.options = options
         self.dtype = options.dtype
@@ -292,6 +293,8 @@ class Hallo3Backbone:
             late_cfg = LateCfgCache(settings.cfg_cache) if settings.cfg_cache > 0 else None
             denoiser = GuidedDenoiser(transformer, conditioning, schedule, settings.cfg_scale, settings.guidance,
                                       late_cfg)
+            if self.denoiser_wrapper is not None:
+                denoiser = self.denoiser_wrapper(denoiser)
             with self._block_wrapper(video, settings).attached(transformer):
                 latents = sample_vp_dpmpp_2m(
                     denoiser, noise, schedule, generator_noise(generator),

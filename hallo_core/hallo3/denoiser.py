@@ -93,8 +93,20 @@ class LateCfgCache:
         return steps - int(self.fraction * steps)
 
 
+# A guidance branch: (text row, audio row, with the identity reference tokens); row 0 is zeros, 1 the clip's.
+Branch = tuple[int, int, bool]
+UNCOND: Branch = (0, 0, True)
+TEXT_ONLY: Branch = (1, 0, True)
+COND: Branch = (1, 1, True)
+NO_REFERENCE: Branch = (0, 0, False)
+
+
 class GuidedDenoiser:
-    """`denoiser(x, step) -> guided x0` for `sample_vp_dpmpp_2m`."""
+    """`denoiser(x, step) -> guided x0` for `sample_vp_dpmpp_2m`.
+
+    A step evaluates the guidance `branches` (official: [uncond, cond]) with `velocities`, then `combine`s their x0.
+    `velocities` is what a wrapper may replace on the instance to place the branches elsewhere (parallel/cfg.py puts
+    one on each process); the guidance arithmetic stays here."""
 
     def __init__(self, model: Hallo3Transformer, conditioning: ClipConditioning, schedule: Schedule,
                  cfg_scale: float = OFFICIAL_CFG_SCALE, separate: SeparateGuidance | None = None,
@@ -130,30 +142,54 @@ class GuidedDenoiser:
         with torch.no_grad():
             return self.model(latents, timesteps, text, audio, face, reference)
 
+    def branches(self, step: int) -> tuple[Branch, ...]:
+        """The branches step `step` evaluates, in the order `combine` reads them."""
+        if self.separate is not None:
+            return (UNCOND, TEXT_ONLY, COND) + ((NO_REFERENCE,) if self.separate.reference is not None else ())
+        late = self.late_cfg
+        if late is not None and step >= late.first_cached_step(self.schedule.num_steps) and late.difference is not None:
+            return (COND,)
+        return (UNCOND, COND)
+
+    def velocities(self, x: torch.Tensor, timestep: int, branches: tuple[Branch, ...]) -> torch.Tensor:
+        """v of each branch, stacked in order; consecutive branches with the same reference setting are one batched
+        transformer call (the reference-free branch cannot share a batch with the others)."""
+        out, start = [], 0
+        while start < len(branches):
+            stop = start + 1
+            while stop < len(branches) and branches[stop][2] == branches[start][2]:
+                stop += 1
+            group = branches[start:stop]
+            out.append(self.velocity(x, timestep, tuple(b[0] for b in group), tuple(b[1] for b in group),
+                                     group[0][2]))
+            start = stop
+        return out[0] if len(out) == 1 else torch.cat(out)
+
     def __call__(self, x: torch.Tensor, step: int) -> torch.Tensor:
         timestep = self.schedule.timesteps[step]
         if self._alphas is None or self._alphas.device != x.device:
             self._alphas = self.schedule.denoiser_alphas.to(x.device)
         alpha = self._alphas[step]
         x32 = x.to(torch.float32)
+        branches = self.branches(step)
+        v = self.velocities(x, timestep, branches)
+        x0 = v_to_x0(v, x32.expand(v.shape[0], -1, -1, -1, -1), alpha.expand(v.shape[0]))
+        return self.combine(branches, x0)
 
-        def denoised(v):
-            return v_to_x0(v, x32.expand(v.shape[0], -1, -1, -1, -1), alpha.expand(v.shape[0]))
-
+    def combine(self, branches: tuple[Branch, ...], x0: torch.Tensor) -> torch.Tensor:
+        """The guided x0 from the branches' x0, stacked in the order of `branches`."""
         late = self.late_cfg
-        if late is not None and self.separate is None:
-            if step >= late.first_cached_step(self.schedule.num_steps) and late.difference is not None:
-                cond = denoised(self.velocity(x, timestep, (1,), (1,)))
-                return cond + (self.cfg_scale - 1) * late.difference
-            uncond, cond = denoised(self.velocity(x, timestep)).chunk(2)
-            late.difference = cond - uncond
-            return uncond + self.cfg_scale * (cond - uncond)
+        if branches == (COND,):  # a late step of the CFG cache: the conditional row and the cached difference
+            return x0 + (self.cfg_scale - 1) * late.difference
         if self.separate is None:
-            return apply_cfg(denoised(self.velocity(x, timestep)), self.cfg_scale)
+            if late is not None:
+                uncond, cond = x0.chunk(2)
+                late.difference = cond - uncond
+                return uncond + self.cfg_scale * (cond - uncond)
+            return apply_cfg(x0, self.cfg_scale)
         s = self.separate
-        uncond, text, full = denoised(self.velocity(x, timestep, (0, 1, 1), (0, 0, 1))).chunk(3)
-        x0 = uncond + s.text * (text - uncond) + s.audio * (full - text)
+        uncond, text, full = x0[:3].chunk(3)
+        guided = uncond + s.text * (text - uncond) + s.audio * (full - text)
         if s.reference is not None:
-            bare = denoised(self.velocity(x, timestep, (0,), (0,), with_reference=False))
-            x0 = x0 + (s.reference - 1) * (uncond - bare)
-        return x0
+            guided = guided + (s.reference - 1) * (uncond - x0[3:])
+        return guided

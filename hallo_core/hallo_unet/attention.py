@@ -11,23 +11,12 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_processor import Attention
 
-from ..runtime.attention import sdpa
-
-
-def split_heads(attn: Attention, states: torch.Tensor) -> torch.Tensor:
-    """(b, length, heads * d) -> (b, heads, length, d)."""
-    batch = states.shape[0]
-    return states.view(batch, -1, attn.heads, states.shape[-1] // attn.heads).transpose(1, 2)
-
-
-def merge_heads(states: torch.Tensor) -> torch.Tensor:
-    batch, heads, length, head_dim = states.shape
-    return states.transpose(1, 2).reshape(batch, length, heads * head_dim)
+from ..runtime.attention import merge_heads, sdpa, split_heads
 
 
 def key_value(attn: Attention, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of `context` tokens (b, length, dim) in head layout (b, heads, length, d)."""
-    return split_heads(attn, attn.to_k(context)), split_heads(attn, attn.to_v(context))
+    return split_heads(attn.to_k(context), attn.heads), split_heads(attn.to_v(context), attn.heads)
 
 
 class KernelAttnProcessor:
@@ -44,7 +33,7 @@ class KernelAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         extra_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        query = split_heads(attn, attn.to_q(hidden_states))
+        query = split_heads(attn.to_q(hidden_states), attn.heads)
         key, value = key_value(attn, hidden_states if encoder_hidden_states is None else encoder_hidden_states)
         if extra_key_value is not None:
             # The official code concatenates the reference tokens after the row's own tokens.

@@ -9,6 +9,7 @@ except the motion modules is the 2-D one applied to each frame, so frames travel
 from __future__ import annotations
 
 from diffusers.models.downsampling import Downsample2D
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
@@ -89,3 +90,14 @@ def up_block(config: HalloUNetConfig, index: int, temporal: bool) -> UNetLevel:
     if index < config.levels - 1:
         block.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
     return block
+
+
+def add_trunk(unet: nn.Module, config: HalloUNetConfig, temporal: bool) -> None:
+    """The input convolution, time embedding and levels both UNets share, as attributes under the official names."""
+    first = config.block_out_channels[0]
+    unet.conv_in = nn.Conv2d(config.in_channels, first, kernel_size=3, padding=1)
+    unet.time_proj = Timesteps(first, flip_sin_to_cos=True, downscale_freq_shift=0)
+    unet.time_embedding = TimestepEmbedding(first, config.time_embed_dim)
+    unet.down_blocks = nn.ModuleList([down_block(config, i, temporal) for i in range(config.levels)])
+    unet.up_blocks = nn.ModuleList([up_block(config, i, temporal) for i in range(config.levels)])
+    unet.mid_block = mid_block(config, temporal)

@@ -27,12 +27,11 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
 from ..errors import InputError
 from .attention import key_value
-from .blocks import UNetLevel, down_block, mid_block, up_block
+from .blocks import UNetLevel, add_trunk
 from .config import RESNET_EPS, HalloUNetConfig
 from .reference_net import ReferenceBank, bank_key
 from .spatial import BlockReference, from_tokens
@@ -70,12 +69,7 @@ class HalloDenoiser(nn.Module):
         super().__init__()
         self.config = config
         first = config.block_out_channels[0]
-        self.conv_in = nn.Conv2d(config.in_channels, first, kernel_size=3, padding=1)
-        self.time_proj = Timesteps(first, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embedding = TimestepEmbedding(first, config.time_embed_dim)
-        self.down_blocks = nn.ModuleList([down_block(config, i, temporal=True) for i in range(config.levels)])
-        self.up_blocks = nn.ModuleList([up_block(config, i, temporal=True) for i in range(config.levels)])
-        self.mid_block = mid_block(config, temporal=True)
+        add_trunk(self, config, temporal=True)
         self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, first, eps=RESNET_EPS)
         self.conv_out = nn.Conv2d(first, config.out_channels, kernel_size=3, padding=1)
 
@@ -194,3 +188,25 @@ def masks_at_levels(masks: Sequence[Sequence[torch.Tensor]], latent_hw: tuple[in
             kinds.append(mask if rows == 1 else mask.repeat(batches, 1))
         out.append(tuple(kinds))
     return tuple(out)
+
+
+def conditioning_batch(cond: DenoiserConditioning, batch: int) -> DenoiserConditioning:
+    """One batch of a CFG conditioning (0: uncond, 1: cond) as a conditioning of its own: the same rows, so a batch
+    computed alone equals its rows of the batched call (parallel/cfg.py computes one on each process)."""
+    batches = 2 if cond.uncond_rows else 1
+    if not 0 <= batch < batches:
+        raise ValueError(f"batch {batch} of a conditioning with {batches} batches")
+    frames = cond.frames
+    rows = slice(batch * frames, (batch + 1) * frames)
+    uncond = bool(cond.uncond_rows) and batch == 0
+    return DenoiserConditioning(
+        frames=frames,
+        uncond_rows=frames if uncond else 0,
+        image_tokens=cond.image_tokens[rows],
+        audio_tokens=cond.audio_tokens[rows],
+        face_features=cond.face_features[batch:batch + 1],
+        masks=tuple(tuple(mask if mask.shape[0] == 1 else mask[rows] for mask in level) for level in cond.masks),
+        motion_scale=cond.motion_scale,
+        reference={name: BlockReference(ref.key, ref.value, ref.rows, ref.motion_frames[batch:batch + 1])
+                   for name, ref in cond.reference.items()},
+    )

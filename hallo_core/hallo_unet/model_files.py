@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import ModelFileError
-from ..loading.official_folder import OfficialFolder
+from ..loading.official_folder import OfficialFolder, require_vocal_separator
 
 DOWNLOAD_HINTS = {
     "hallo": "hf download fudan-generative-ai/hallo --local-dir pretrained_models",
@@ -37,18 +36,12 @@ class UNetFiles:
     @classmethod
     def from_pretrained_dir(cls, root: str | os.PathLike, version: str) -> "UNetFiles":
         folder = OfficialFolder(root, DOWNLOAD_HINTS[version])
-        need, optional = folder.need, folder.optional
+        need = folder.need
         return cls(
             net=need(f"{version}/net.pth", f"{version} weights"),
             vae=need("sd-vae-ft-mse", "SD VAE (sd-vae-ft-mse)", is_dir=True),
-            wav2vec=need("wav2vec/wav2vec2-base-960h", "wav2vec2 audio encoder", is_dir=True),
-            face_models=need("face_analysis/models", "InsightFace face models", is_dir=True),
-            vocal_separator=optional("audio_separator/Kim_Vocal_2.onnx"),
-            face_landmarker=optional("face_analysis/models/face_landmarker_v2_with_blendshapes.task"),
+            **folder.front_end_files(),
         )
 
     def require_vocal_separator(self) -> str:
-        if self.vocal_separator is None or not os.path.isfile(self.vocal_separator):
-            raise ModelFileError("vocal separation needs audio_separator/Kim_Vocal_2.onnx in the models folder, or "
-                                 "turn it off with --no-vocal-separation")
-        return self.vocal_separator
+        return require_vocal_separator(self.vocal_separator)

@@ -18,10 +18,9 @@ write. It runs in eval mode as official (no train-mode difference exists in the 
 from __future__ import annotations
 
 import torch
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
-from .blocks import down_block, mid_block, up_block
+from .blocks import add_trunk
 from .config import HalloUNetConfig
 
 # Bank entries by official block path, e.g. "down_blocks.0.attentions.1.transformer_blocks.0".
@@ -48,13 +47,7 @@ class ReferenceNet(nn.Module):
     def __init__(self, config: HalloUNetConfig):
         super().__init__()
         self.config = config
-        first = config.block_out_channels[0]
-        self.conv_in = nn.Conv2d(config.in_channels, first, kernel_size=3, padding=1)
-        self.time_proj = Timesteps(first, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embedding = TimestepEmbedding(first, config.time_embed_dim)
-        self.down_blocks = nn.ModuleList([down_block(config, i, temporal=False) for i in range(config.levels)])
-        self.up_blocks = nn.ModuleList([up_block(config, i, temporal=False) for i in range(config.levels)])
-        self.mid_block = mid_block(config, temporal=False)
+        add_trunk(self, config, temporal=False)  # no output convolution: only the attention inputs are read
 
     def forward(self, latents: torch.Tensor, context: torch.Tensor) -> ReferenceBank:
         """latents (6, 4, h, w) = [ref, m1, m2] x 2 copies, context (6, 4, d) -> bank {block path: (6, h*w, C)}.

@@ -75,11 +75,12 @@ class SpatialTransformerBlock(nn.Module):
         if reference is None:
             x = self.attn1(normed) + x
         else:
-            cond = self.attn1(normed[uncond_rows:], extra_key_value=reference.key_value()) + x[uncond_rows:]
+            rows = []
             if uncond_rows:
-                uncond = self.attn1(normed[:uncond_rows]) + x[:uncond_rows]
-                cond = torch.cat([uncond, cond])
-            x = cond
+                rows.append(self.attn1(normed[:uncond_rows]) + x[:uncond_rows])
+            if uncond_rows < x.shape[0]:  # none when a batch holds only unconditional rows (parallel/cfg.py)
+                rows.append(self.attn1(normed[uncond_rows:], extra_key_value=reference.key_value()) + x[uncond_rows:])
+            x = torch.cat(rows) if len(rows) > 1 else rows[0]
         # cross-attention to face tokens
         x = self.attn2(self.norm2(x), context) + x
         # feed-forward

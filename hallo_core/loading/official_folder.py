@@ -26,3 +26,21 @@ class OfficialFolder:
     def optional(self, relative: str) -> str | None:
         path = os.path.join(self.root, relative)
         return path if os.path.exists(path) else None
+
+    def front_end_files(self) -> dict[str, str | None]:
+        """The speech and face front-end files every backbone's layout shares, as file-set fields."""
+        return {
+            "wav2vec": self.need("wav2vec/wav2vec2-base-960h", "wav2vec2 audio encoder", is_dir=True),
+            "face_models": self.need("face_analysis/models", "InsightFace face models", is_dir=True),
+            "vocal_separator": self.optional("audio_separator/Kim_Vocal_2.onnx"),
+            "face_landmarker": self.optional("face_analysis/models/face_landmarker_v2_with_blendshapes.task"),
+        }
+
+
+def require_vocal_separator(path: str | None, download_hint: str | None = None) -> str:
+    """The vocal separator's file, or the one-line error saying where it goes and how to do without it."""
+    if path is None or not os.path.isfile(path):
+        where = f" (download with: {download_hint})" if download_hint else ""
+        raise ModelFileError(f"vocal separation needs audio_separator/Kim_Vocal_2.onnx in the models folder{where}, "
+                             "or turn it off with --no-vocal-separation")
+    return path

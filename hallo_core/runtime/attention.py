@@ -25,6 +25,18 @@ import torch.nn.functional as F
 from torch import nn
 
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def split_heads(states: torch.Tensor, heads: int) -> torch.Tensor:
+    """(batch, length, heads * dim) -> (batch, heads, length, dim): the layout every kernel takes."""
+    batch = states.shape[0]
+    return states.view(batch, -1, heads, states.shape[-1] // heads).transpose(1, 2)
+
+
+def merge_heads(states: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, length, dim) -> (batch, length, heads * dim)."""
+    batch, heads, length, head_dim = states.shape
+    return states.transpose(1, 2).reshape(batch, length, heads * head_dim)
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputError
+from .parallel_plan import ParallelPlan
 
 # Storage and compute dtypes by the one name each has everywhere (CLI, nodes, convert, docs).
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8_e4m3fn": torch.float8_e4m3fn}
@@ -98,12 +99,25 @@ class EngineOptions:
     attention: str = "auto"
     compile: bool = False
     fp8_matmul: bool = False
+    parallel: ParallelPlan = ParallelPlan()  # one video across processes (runtime/parallel_plan.py); not in the key
 
     @classmethod
     def resolve(cls, device: str | torch.device | None = None, precision: str = "auto", memory: str = "balanced",
-                attention: str = "auto", compile: bool | None = None, fp8_matmul: bool = False) -> EngineOptions:
-        """`compile=None`: on where `compile_supported` (CUDA + Triton), else eager; True/False force it."""
+                attention: str = "auto", compile: bool | None = None, fp8_matmul: bool = False,
+                parallel: ParallelPlan | None = None) -> EngineOptions:
+        """`compile=None`: on where `compile_supported` (CUDA + Triton), else eager; True/False force it.
+        `parallel` (ParallelPlan.resolve): each process of a parallel render takes the GPU of its LOCAL_RANK."""
+        parallel = parallel or ParallelPlan()
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if parallel.active and device.type == "cuda":
+            if device.index is not None:
+                raise InputError("--parallel gives each process the GPU of its LOCAL_RANK; use --device cuda, not "
+                                 f"{device}")
+            # LOCAL_WORLD_SIZE, not LOCAL_RANK: every process refuses alike (the others would wait for it)
+            if torch.cuda.is_available() and parallel.local_world_size > torch.cuda.device_count():
+                raise InputError(f"{parallel.local_world_size} processes on this machine, one GPU each, but PyTorch "
+                                 f"sees {torch.cuda.device_count()} GPUs; start at most that many per machine")
+            device = torch.device("cuda", parallel.local_rank)
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
         if memory not in MEMORY_PLANS:
@@ -121,7 +135,8 @@ class EngineOptions:
         compute = default_compute_dtype(device) if precision in ("auto", "fp8_e4m3fn") else DTYPES[precision]
         compiled = compile_supported(device) if compile is None else bool(compile)
         return cls(device=device, dtype=compute, memory=memory, fp8_storage=plan.fp8_storage or
-                   precision == "fp8_e4m3fn", attention=attention, compile=compiled, fp8_matmul=fp8_matmul)
+                   precision == "fp8_e4m3fn", attention=attention, compile=compiled, fp8_matmul=fp8_matmul,
+                   parallel=parallel)
 
     @property
     def plan(self) -> MemoryPlan:

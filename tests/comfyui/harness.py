@@ -4,6 +4,8 @@ The ComfyUI install is found through the environment (see docs/comfyui_testing.m
     COMFYUI_PATH    a ComfyUI checkout (required; tests skip without it)
     COMFYUI_PYTHON  its interpreter (default: comfy-venv beside COMFYUI_PATH, else venv/.venv inside it)
     CHROMIUM        the browser for UI tests (default: chromium / chromium-browser / google-chrome on PATH)
+    COMFYUI_FRONTEND_ROOT  optional: serve this unpacked frontend (a comfyui-frontend-package's static/ folder)
+                    instead of the installed one, to check the workflows and the extension in a newer frontend
 
 Each server runs in its own run directory (`--base-directory`, so nothing of the user's ComfyUI custom_nodes,
 models, input or output is used): custom_nodes/<pack_name> is a symlink to the pack root, extra_model_paths.yaml
@@ -124,6 +126,16 @@ def _stop_all() -> None:
 atexit.register(_stop_all)
 
 
+def frontend_flags() -> list[str]:
+    root = os.environ.get("COMFYUI_FRONTEND_ROOT")
+    if not root:
+        return []
+    if not (Path(root) / "index.html").is_file():
+        raise FileNotFoundError(f"COMFYUI_FRONTEND_ROOT={root} has no index.html: point it at the static/ folder of "
+                                "an unpacked comfyui-frontend-package wheel")
+    return ["--front-end-root", str(Path(root).resolve())]
+
+
 class ComfyServer:
     """One ComfyUI server process. Use `ComfyServer.start(...)` (or as a context manager) and `stop()`."""
 
@@ -174,7 +186,7 @@ class ComfyServer:
                    "--input-directory", str(run_dir / "input"), "--output-directory", str(run_dir / "output"),
                    "--temp-directory", str(run_dir / "temp"), "--user-directory", str(run_dir / "user"),
                    "--database-url", f"sqlite:///{run_dir / 'user' / 'comfyui.db'}",
-                   "--extra-model-paths-config", str(yaml_path), *map(str, extra_args)]
+                   "--extra-model-paths-config", str(yaml_path), *frontend_flags(), *map(str, extra_args)]
             log = open(run_dir / "comfy.log", "ab")
             log.write(f"\n$ {' '.join(cmd)}\n".encode())
             log.flush()

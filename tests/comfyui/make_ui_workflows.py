@@ -62,16 +62,16 @@ COLUMNS = [
 WIDTHS = {"LoadHalloModel": 470, "HalloDiTDenoise": 380, "HalloUNetDenoise": 380, "HalloIdentityReference": 360,
           "HalloVQTemporalUpscale4K": 380, "LoadImage": 320, "LoadAudio": 320}
 DEFAULT_WIDTH = 340
-PREVIEW_HEIGHT = {"LoadImage": 220, "LoadAudio": 70, "HalloIdentityReference": 180, "HalloDiTDenoise": 200,
-                  "HalloUNetDenoise": 200, "HalloVQTemporalUpscale4K": 200, "SaveVideo": 200}
-GAP, NOTE_HEIGHT, TITLE = 50, 80, 46
+PREVIEW_HEIGHT = {"LoadImage": 220, "LoadAudio": 70, "HalloIdentityReference": 120, "HalloDiTDenoise": 80,
+                  "HalloUNetDenoise": 80, "HalloVQTemporalUpscale4K": 140, "SaveVideo": 160}
+GAP, NOTE_HEIGHT, TITLE, NODE_TITLE = 40, 76, 46, 30
 VIEW = wv.VIEW_SIZE  # the canvas of a 1600 x 1000 browser window, less ComfyUI's side bar and menus
 
 
 def layout(browser: harness.Chromium) -> None:
     """Place the loaded graph's nodes in the column groups, with a note at the top of each group (in the page)."""
     script = """
-((columns, widths, defaultWidth, previews, gap, noteHeight, title) => {
+((columns, widths, defaultWidth, previews, gap, noteHeight, title, nodeTitle) => {
   const graph = app.graph;
   for (const group of [...(graph._groups || [])]) graph.remove(group);
   let x = 40;
@@ -79,7 +79,8 @@ def layout(browser: harness.Chromium) -> None:
     const nodes = graph._nodes.filter((n) => types.includes(n.type)).sort((a, b) => a.id - b.id);
     if (!nodes.length) continue;
     const width = Math.max(...nodes.map((n) => widths[n.type] ?? defaultWidth));
-    let y = 40 + title + noteHeight + gap / 2;
+    const noteTop = 40 + title + nodeTitle;  // a node's pos is the top of its body, below its title bar
+    let y = noteTop + noteHeight + gap / 2 + nodeTitle;
     for (const node of nodes) {
       node.size = [widths[node.type] ?? defaultWidth, node.computeSize()[1] + (previews[node.type] ?? 0)];
       node.pos = [x + 15, y];
@@ -88,7 +89,7 @@ def layout(browser: harness.Chromium) -> None:
     const text = LiteGraph.createNode("Note");
     text.widgets[0].value = note;
     text.size = [width, noteHeight];
-    text.pos = [x + 15, 40 + title];
+    text.pos = [x + 15, noteTop];
     graph.add(text);
     const group = new LiteGraph.LGraphGroup(name);
     group.pos = [x, 40];
@@ -99,7 +100,7 @@ def layout(browser: harness.Chromium) -> None:
   app.canvas.setDirty(true, true);
   return true;
 })""" + f"({json.dumps(COLUMNS)}, {json.dumps(WIDTHS)}, {DEFAULT_WIDTH}, {json.dumps(PREVIEW_HEIGHT)}, {GAP}, " \
-        f"{NOTE_HEIGHT}, {TITLE})"
+        f"{NOTE_HEIGHT}, {TITLE}, {NODE_TITLE})"
     browser.evaluate(script)
 
 
@@ -111,9 +112,9 @@ def fit_view(ui: dict) -> dict:
               for n in ui["nodes"]]
     left, top = min(b[0] for b in boxes), min(b[1] for b in boxes)
     right, bottom = max(b[2] for b in boxes), max(b[3] for b in boxes)
-    margin = 40
-    scale = min(1.0, VIEW[0] / (right - left + 2 * margin), VIEW[1] / (bottom - top + 3 * margin))
-    offset = [(VIEW[0] / scale - (right - left)) / 2 - left, (VIEW[1] / scale - (bottom - top)) / 2 - top + margin / 2]
+    top_pad, pad = 60, 20  # screen pixels; newer frontends float their toolbars over the top of the canvas
+    scale = min(1.0, (VIEW[0] - 2 * pad) / (right - left), (VIEW[1] - top_pad - pad) / (bottom - top))
+    offset = [(VIEW[0] / scale - (right - left)) / 2 - left, top_pad / scale - top]
     ui.setdefault("extra", {})["ds"] = {"scale": round(scale, 3), "offset": [round(o, 1) for o in offset]}
     return ui
 

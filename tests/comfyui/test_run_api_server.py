@@ -50,7 +50,7 @@ def test_invalid_prompt_exits_4_with_the_node_error(comfy_core_server, tmp_path)
     r = run_cli("--server", comfy_core_server.url, "--workflow", wf, "--set", "1.width=-3", "--out", tmp_path)
     assert r.returncode == 4, r.stderr
     assert r.stderr.splitlines()[0].startswith("error: prompt rejected by the server: ")
-    assert "  node 1 (EmptyImage): Value -3 smaller than min of 1" in r.stderr.splitlines()
+    assert "  node 1 (EmptyImage): Value -3 smaller than min of 1: width" in r.stderr.splitlines()
 
 
 def test_misspelt_input_exits_2_before_contacting_the_server(comfy_core_server, tmp_path):
