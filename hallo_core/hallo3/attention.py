@@ -16,7 +16,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 
-from ..runtime.attention import merge_heads, sdpa, split_heads
+from ..runtime.attention import KernelProcessor, merge_heads, split_heads
 
 
 def reference_key_value(attn: Attention, reference_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,11 +26,8 @@ def reference_key_value(attn: Attention, reference_tokens: torch.Tensor) -> tupl
     return key, value
 
 
-class ReferenceJointAttnProcessor:
+class ReferenceJointAttnProcessor(KernelProcessor):
     """[text; video] self-attention, RoPE on the video part only, keys/values extended by the reference tokens."""
-
-    def __init__(self):
-        self.kernel = sdpa  # per model: runtime.attention.set_attention_kernel
 
     def __call__(
         self,
@@ -57,11 +54,8 @@ class ReferenceJointAttnProcessor:
         return out[:, text_length:], out[:, :text_length]
 
 
-class FrameCrossAttnProcessor:
+class FrameCrossAttnProcessor(KernelProcessor):
     """Each latent frame's video tokens attend to that frame's context tokens (audio) or shared ones (face)."""
-
-    def __init__(self):
-        self.kernel = sdpa  # per model: runtime.attention.set_attention_kernel
 
     def __call__(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_processor import Attention
 
-from ..runtime.attention import merge_heads, sdpa, split_heads
+from ..runtime.attention import KernelProcessor, merge_heads, split_heads
 
 
 def key_value(attn: Attention, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,11 +19,8 @@ def key_value(attn: Attention, context: torch.Tensor) -> tuple[torch.Tensor, tor
     return split_heads(attn.to_k(context), attn.heads), split_heads(attn.to_v(context), attn.heads)
 
 
-class KernelAttnProcessor:
+class KernelAttnProcessor(KernelProcessor):
     """q from `hidden_states`, k/v from `encoder_hidden_states` (or itself) plus optional extra k/v; as SDPA."""
-
-    def __init__(self):
-        self.kernel = sdpa  # per model: runtime.attention.set_attention_kernel
 
     def __call__(
         self,

@@ -124,12 +124,20 @@ def kernel_by_name(name: str, device: torch.device) -> AttentionKernel:
     return installed_kernel(name, device) if name in INSTALLED else sdpa_kernel(name)
 
 
+class KernelProcessor:
+    """Base of our attention processors: they compute with `self.kernel`, which `set_attention_kernel` sets per model
+    (and parallel/ulysses.py wraps)."""
+
+    def __init__(self):
+        self.kernel: AttentionKernel = sdpa
+
+
 def set_attention_kernel(model: nn.Module, kernel: AttentionKernel) -> int:
     """Give every attention processor of `model` this kernel; returns how many processors took it."""
     changed = 0
     for module in model.modules():
         processor = getattr(module, "processor", None)
-        if processor is not None and hasattr(processor, "kernel"):
+        if isinstance(processor, KernelProcessor):
             processor.kernel = kernel
             changed += 1
     return changed
@@ -139,7 +147,7 @@ def attention_kernel_of(model: nn.Module) -> AttentionKernel | None:
     """The kernel of the model's first attention processor (None for a model without our processors)."""
     for module in model.modules():
         processor = getattr(module, "processor", None)
-        if processor is not None and hasattr(processor, "kernel"):
+        if isinstance(processor, KernelProcessor):
             return processor.kernel
     return None
 

@@ -9,7 +9,7 @@ Session fixtures:
   comfy_server        ComfyUI with our pack symlinked into custom_nodes
   chromium            a headless Chromium (skips when none is installed)
   tiny_upscale_model  file name of a random-weight RealESRGAN-Compact model in upscale_models (slow enough to
-                      interrupt: ~0.5 s per 512-px tile on 2 cores, 35 s for core_graphs.slow_upscale)
+                      interrupt: ~32 ms per 512-px tile on 2 cores, 13.6 s for core_graphs.slow_upscale)
 A failing test that used a server gets the tail of that server's log in its report.
 """
 from __future__ import annotations

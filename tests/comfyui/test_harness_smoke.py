@@ -114,7 +114,7 @@ def test_invalid_prompt_is_rejected_with_node_errors(comfy_core_server, case):
 
 def test_interrupt_stops_a_running_node_and_the_server_stays_usable(comfy_core_server, tiny_upscale_model):
     client = comfy_core_server.client
-    prompt = core_graphs.slow_upscale(tiny_upscale_model, size=1024, batch=8)  # 72 tiles
+    prompt = core_graphs.slow_upscale(tiny_upscale_model)
     ws = client.open_ws()
     sent = {}
 

@@ -71,23 +71,33 @@ def test_execution_error_exits_5_with_the_exception_message(comfy_core_server, t
     assert comfy_core_server.alive()
 
 
+def _as_a_foreground_job():
+    """Ctrl-C reaches a command a user runs in a terminal; pytest itself may run with SIGINT ignored (a shell's
+    background job inherits that), and an ignored signal stays ignored in every child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_interrupts_the_run_on_the_server(comfy_core_server, tiny_upscale_model, tmp_path):
     wf = write_workflow(tmp_path / "slow_api.json", core_graphs.slow_upscale(tiny_upscale_model))
     proc = subprocess.Popen([sys.executable, str(RUN_API), "--server", comfy_core_server.url, "--workflow", str(wf),
-                             "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_a_foreground_job)
     try:
-        prompt_id = None
+        prompt_id, seen = None, []
         for line in proc.stderr:  # wait until the upscale node reports progress (at 10 %)
+            seen.append(f"{time.monotonic():.2f} {line.rstrip()}")
             if line.startswith("queued prompt "):
                 prompt_id = line.split()[-1]
             if "ImageUpscaleWithModel" in line and " step " in line:
                 break
+        else:
+            raise AssertionError(f"run_api.py ended (status {proc.wait()}) before the upscale reported progress")
         os.kill(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130
+    assert proc.returncode == 130, "\n".join(seen) + f"\n{time.monotonic():.2f} ended\n" + err
     assert f"interrupted prompt {prompt_id} on the server" in err
     end = time.monotonic() + 30
     while not (entry := comfy_core_server.history(prompt_id)) and time.monotonic() < end:
