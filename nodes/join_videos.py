@@ -12,7 +12,7 @@ from comfy_api.v0_0_2 import InputImpl, io
 
 from ..hallo_core.media.video import join_videos
 from .hallo_types import CATEGORY
-from .segment_node import send_text
+from .segment_node import send_text, video_preview
 
 
 class HalloJoinVideos(io.ComfyNode):
@@ -44,7 +44,4 @@ class HalloJoinVideos(io.ComfyNode):
         frames = join_videos(sources, path)
         bar.update_absolute(1, 1)
         send_text(f"{len(sources)} segments, {frames} frames ({frames / 25:.2f} s at 25 fps)", cls.hidden.unique_id)
-        subfolder = os.path.relpath(folder, folder_paths.get_output_directory()).replace(os.sep, "/")
-        preview = {"images": [{"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}],
-                   "animated": (True,)}
-        return io.NodeOutput(InputImpl.VideoFromFile(path), ui=preview)
+        return io.NodeOutput(InputImpl.VideoFromFile(path), ui=video_preview(path))

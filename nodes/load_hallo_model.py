@@ -204,12 +204,10 @@ def _check_vae(path: str, kind: str, backbone: str) -> None:
 
 def _attention_kernel(choice: str):
     """The kernel the models compute attention with (per model: two loaders keep their own choice)."""
-    from ..hallo_core.runtime.attention import INSTALLED, installed_kernel, sdpa_kernel
+    from ..hallo_core.runtime.attention import kernel_by_name
 
-    if choice in INSTALLED:  # refused in one line naming the package when it is missing
-        return installed_kernel(choice, mm.get_torch_device())
-    if choice != "comfy":
-        return sdpa_kernel("auto" if choice == "sdpa" else choice)
+    if choice != "comfy":  # an installed kernel that is missing is refused in one line naming the package
+        return kernel_by_name("auto" if choice == "sdpa" else choice, mm.get_torch_device())
     from comfy.ldm.modules.attention import optimized_attention
 
     def comfy_attention(query, key, value):  # (b, heads, len, d) in and out

@@ -99,9 +99,7 @@ def render_segment(node, model, speech, identity, motion: HalloMotion | None, st
     lines = [f"frames {segment.frames.start}-{segment.frames.stop} ({result.seconds:.2f} s), "
              f"{len(segment.clips)} clips{resumed}", *result.notes]
     progress.finish()
-    subfolder = os.path.relpath(store.directory, folder_paths.get_output_directory()).replace(os.sep, "/")
-    preview = {"images": [{"filename": "segment.mp4", "subfolder": subfolder, "type": "output"}],
-               "animated": (True,), "text": ("\n".join(lines),)}  # ComfyUI plays it, with sound, in the node
+    preview = video_preview(video_path, "\n".join(lines))
     return io.NodeOutput(images, audio, InputImpl.VideoFromFile(video_path), continuation, ui=preview)
 
 
@@ -141,6 +139,17 @@ def duration_text(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
         f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def video_preview(path: str, text: str | None = None) -> dict:
+    """The node's UI output for an MP4 in the output folder: ComfyUI plays it, with sound, in the node (and shows
+    `text` below it)."""
+    subfolder = os.path.relpath(os.path.dirname(path), folder_paths.get_output_directory()).replace(os.sep, "/")
+    preview = {"images": [{"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}],
+               "animated": (True,)}
+    if text is not None:
+        preview["text"] = (text,)
+    return preview
 
 
 def send_text(text: str, node_id) -> None:

@@ -25,7 +25,7 @@ from ..hallo_core.upscaler.video_file import build_video_upscaler
 from . import model_folders as folders
 from .hallo_types import CATEGORY, HalloModelType
 from .inputs import choice_input, model_combo
-from .segment_node import check_image_output, duration_text, output_connected, send_text
+from .segment_node import check_image_output, duration_text, output_connected, send_text, video_preview
 
 TARGETS = ["scale", "1080p (long side 1920)", "4K (long side 3840)", "long side 4096"]
 _LONG_SIDE = {"1080p (long side 1920)": 1920, "4K (long side 3840)": 3840, "long side 4096": 4096}
@@ -123,7 +123,4 @@ class HalloVQTemporalUpscale4K(io.ComfyNode):
         result = torch.stack(kept).float().div(255) if kept else torch.zeros(1, out_h, out_w, 3)
         send_text(f"{writer.frames} frames at {out_w}x{out_h}, "
                   f"{time.monotonic() - started:.0f} s", cls.hidden.unique_id)
-        subfolder = os.path.relpath(folder, folder_paths.get_output_directory()).replace(os.sep, "/")
-        preview = {"images": [{"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}],
-                   "animated": (True,)}  # ComfyUI plays it, with sound, in the node
-        return io.NodeOutput(result, InputImpl.VideoFromFile(path), ui=preview)
+        return io.NodeOutput(result, InputImpl.VideoFromFile(path), ui=video_preview(path))

@@ -118,8 +118,9 @@ def render_all(backbone, identity, speech, prompt, settings, clips=None, previou
     return list(render_clips(backbone, video, plan, settings, clips, previous, store))
 
 
-def random_hallo3_clip(model, seed: int):
-    """A clip's conditioning from random inputs of the model's sizes (reference K/V included), and a random x."""
+def random_hallo3_clip(model, seed: int, reference_extra_tokens: int = 0):
+    """A clip's conditioning from random inputs of the model's sizes (reference K/V included, optionally longer than a
+    frame's tokens), and a random x."""
     import torch
 
     from hallo_core.hallo3.denoiser import build_clip_conditioning
@@ -128,7 +129,8 @@ def random_hallo3_clip(model, seed: int):
     generator = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=generator)  # noqa: E731
     latent_shape = (1, config.latent_frames, config.out_channels, config.latent_height, config.latent_width)
-    reference = [rand(1, config.tokens_per_frame, config.hidden_size) for _ in range(config.num_layers)]
+    reference = [rand(1, config.tokens_per_frame + reference_extra_tokens, config.hidden_size)
+                 for _ in range(config.num_layers)]
     with torch.no_grad():
         conditioning = build_clip_conditioning(
             model, rand(*latent_shape), rand(1, config.text_length, config.text_embed_dim),

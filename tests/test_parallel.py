@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import random_hallo3_clip
 
 from conftest import PORTRAITS, cut_audio, python_env
 from hallo_core.errors import InputError
@@ -62,19 +63,7 @@ def _hallo3_model(config):
 
 
 def _hallo3_inputs(model):
-    from hallo_core.hallo3.denoiser import build_clip_conditioning
-
-    c = model.config
-    g = torch.Generator().manual_seed(1)
-    rand = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
-    latent = (1, c.latent_frames, c.out_channels, c.latent_height, c.latent_width)
-    reference = [rand(1, c.tokens_per_frame + 5, c.hidden_size) for _ in range(c.num_layers)]
-    with torch.no_grad():
-        conditioning = build_clip_conditioning(
-            model, rand(*latent), rand(1, c.text_length, c.text_embed_dim),
-            rand(1, 1 + 4 * (c.latent_frames - 1), 5, c.audio_input_dim // 5), rand(1, 512),
-            model.reference_key_values(reference))
-    return conditioning, rand(*latent)
+    return random_hallo3_clip(model, seed=1, reference_extra_tokens=5)
 
 
 def _backbone(family, loaders, config=None):

@@ -17,7 +17,8 @@ from typing import TextIO
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from ..errors import InputError, OutputError
+from ..errors import InputError
+from ..render.store import write_atomically
 from .manifest import BadLine, Job
 from .progress import BatchState, BatchView
 from .worker import one_line, run_job
@@ -160,13 +161,6 @@ def _previous_results(path: str) -> dict[str, dict]:
 
 
 def _write_results(path: str, records: dict[int, dict]) -> None:
-    """One JSON object per line, by manifest line; written under a temporary name and renamed (never half a file)."""
-    temporary = path + ".partial"
-    try:
-        with open(temporary, "w", encoding="utf-8") as f:
-            for line in sorted(records):
-                f.write(json.dumps(records[line]) + "\n")
-        os.replace(temporary, path)
-    except OSError as error:
-        raise OutputError(f"cannot write the results file {path}: {error.strerror or error}") from None
+    """One JSON object per line, by manifest line; written atomically (never half a file)."""
+    write_atomically(path, "".join(json.dumps(records[line]) + "\n" for line in sorted(records)).encode())
 

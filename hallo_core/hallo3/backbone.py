@@ -18,7 +18,6 @@ one rendered in a single pass. Draws are made on the CPU, so results do not depe
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from ..render.clip_plan import ClipPlan, derived_seed, seeded_generator
 from ..render.latent_preview import LatentPreviewer
 from ..render.motion import MotionOptions, augment_motion_frames, box_mask
 from ..render.settings import RenderSettings
+from ..render.store import file_digest
 from ..runtime.options import EngineOptions, check_number
 from .config import Hallo3Config
 from .denoiser import OFFICIAL_CFG_SCALE, GuidedDenoiser, LateCfgCache, SeparateGuidance, build_clip_conditioning
@@ -83,8 +83,7 @@ class Hallo3Settings(RenderSettings):
     def as_dict(self) -> dict:
         values = super().as_dict()
         if self.step_cache > 0 and self.step_cache_file and os.path.isfile(self.step_cache_file):
-            with open(self.step_cache_file, "rb") as f:  # a new calibration is another result
-                values["step_cache_digest"] = hashlib.sha256(f.read()).hexdigest()
+            values["step_cache_digest"] = file_digest(self.step_cache_file)[0]  # a new calibration: another result
         return values
 
 
@@ -268,7 +267,7 @@ class Hallo3Backbone:
         if previous is None:
             source = full.expand(motion.frames, -1, -1, -1)  # clip 0: copies of the reference image
         else:
-            source = self._motion_source(previous, motion.frames)
+            source = previous.motion_frames(motion.frames, self.frame_size, self.device) * 2 - 1
         source = augment_motion_frames(source.to(self.dtype), motion, generator,
                                        box_mask(video.identity.face_box, self.frame_size))
 
@@ -315,15 +314,6 @@ class Hallo3Backbone:
         if video.step_cache is not None and settings.step_cache > 0:
             return CalibratedStepCache(settings.step_cache, video.step_cache, settings.steps)
         return _NoWrapper()
-
-    def _motion_source(self, previous: Continuation, count: int) -> torch.Tensor:
-        frames = previous.frames
-        if frames.shape[0] < count:
-            raise InputError(f"{count} motion frames needed, the previous segment gave {frames.shape[0]}")
-        if tuple(frames.shape[-2:]) != self.frame_size:
-            raise InputError(f"the previous segment's frames are {frames.shape[-1]}x{frames.shape[-2]}, this model "
-                             f"renders {self.frame_size[1]}x{self.frame_size[0]}; continue a segment of the same model")
-        return frames[-count:].to(self.device, torch.float32) * 2 - 1
 
 
 class _NoWrapper:

@@ -9,12 +9,12 @@ checkpoint written by `convert` or `make-tiny-models` stores its configuration i
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..errors import ModelFileError
+from ..loading.stored_config import StoredConfig
 
 # Values the official code hard-codes (its 480x720, 49-frame configuration).
 OFFICIAL_TEXT_LENGTH = 226
@@ -23,7 +23,7 @@ OFFICIAL_ASPECT_HW = (2, 3)  # 480x720 pixels, 60x90 latents, 30x45 tokens
 
 
 @dataclass
-class Hallo3Config:
+class Hallo3Config(StoredConfig):
     num_layers: int = 42
     num_attention_heads: int = 48
     attention_head_dim: int = 64
@@ -77,15 +77,6 @@ class Hallo3Config:
     def reference_config(self) -> "Hallo3Config":
         """The identity reference network: the same transformer without audio and face modules."""
         return dataclasses.replace(self, has_audio=False, has_face=False)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Hallo3Config":
-        values = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod
     def from_shapes(cls, shapes: Mapping[str, tuple[int, ...]], **overrides) -> "Hallo3Config":

@@ -14,7 +14,7 @@ import os
 import torch
 
 from ..errors import InputError
-from ..loading.safetensors_writer import write_safetensors
+from ..loading.safetensors_writer import to_storage, write_safetensors
 from .checkpoint import CONFIG_KEY, FORMAT_KEY, FORMATS, TransformerWeights, fp8_storage
 
 STORAGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
@@ -27,11 +27,7 @@ def storage_dtype(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torc
 
 def _cast(produce, dtype):
     def run():
-        tensor = produce()
-        if dtype == torch.float8_e4m3fn:
-            finite = torch.finfo(torch.float8_e4m3fn).max
-            tensor = tensor.float().clamp(-finite, finite)
-        return tensor.to(dtype)
+        return to_storage(produce(), dtype)
 
     return run
 

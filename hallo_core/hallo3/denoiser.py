@@ -182,10 +182,10 @@ class GuidedDenoiser:
         if branches == (COND,):  # a late step of the CFG cache: the conditional row and the cached difference
             return x0 + (self.cfg_scale - 1) * late.difference
         if self.separate is None:
-            if late is not None:
+            if late is not None:  # keep the difference for the late steps
                 uncond, cond = x0.chunk(2)
                 late.difference = cond - uncond
-                return uncond + self.cfg_scale * (cond - uncond)
+                return uncond + self.cfg_scale * late.difference
             return apply_cfg(x0, self.cfg_scale)
         s = self.separate
         uncond, text, full = x0[:3].chunk(3)

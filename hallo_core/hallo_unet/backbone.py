@@ -36,11 +36,11 @@ from ..render.motion import MotionOptions, augment_motion_frames
 from ..render.settings import RenderSettings
 from ..runtime.options import EngineOptions, check_number
 from .clip import ClipInputs, clip_conditioning, guided_velocity, motion_frame_pixels, project_clip, reference_bank
+from .denoiser import MOTION_FRAMES
 from .sampler import OFFICIAL_CFG_SCALE, OFFICIAL_STEPS, ddim_schedule, sample_ddim
 from .vae import decode_latents, encode_frames
 
 CLIP_FRAMES = 16
-MOTION_FRAMES = 2
 OFFICIAL_FRAME_SIZE = 512
 LATENT_CHANNELS = 4
 OFFICIAL_MOTION = {
@@ -196,7 +196,8 @@ class UNetBackbone:
         reference = video.identity.pixels[0].to(self.device, torch.float32)
         previous_frames = None
         if previous is not None:
-            previous_frames = self._motion_source(previous).transpose(0, 1)  # (3, m, H, W) in [0, 1]
+            previous_frames = previous.motion_frames(MOTION_FRAMES, self.frame_size, self.device)
+            previous_frames = previous_frames.transpose(0, 1)  # (3, m, H, W) in [0, 1]
         rows = motion_frame_pixels(reference, previous_frames, MOTION_FRAMES)
         motion = augment_motion_frames(rows[1:], settings.motion, generator, video.protected)
         rows = torch.cat([rows[:1], motion])
@@ -243,11 +244,3 @@ class UNetBackbone:
                             generator=generator)
         return generator
 
-    def _motion_source(self, previous: Continuation) -> torch.Tensor:
-        frames = previous.frames
-        if frames.shape[0] < MOTION_FRAMES:
-            raise InputError(f"{MOTION_FRAMES} motion frames needed, the previous segment gave {frames.shape[0]}")
-        if tuple(frames.shape[-2:]) != self.frame_size:
-            raise InputError(f"the previous segment's frames are {frames.shape[-1]}x{frames.shape[-2]}, this model "
-                             f"renders {self.frame_size[1]}x{self.frame_size[0]}; continue a segment of the same model")
-        return frames[-MOTION_FRAMES:].to(self.device, torch.float32)

@@ -10,13 +10,12 @@ in down blocks 0-2 and up blocks 1-3) is read from which `attentions.*` tensors 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 from dataclasses import dataclass
 from typing import Mapping
 
 from ..errors import ModelFileError
+from ..loading.stored_config import StoredConfig
 
 PREFIXES = ("reference_unet.", "denoising_unet.", "face_locator.", "imageproj.", "audioproj.")
 
@@ -27,7 +26,7 @@ LAYER_NORM_EPS = 1e-5
 
 
 @dataclass
-class HalloUNetConfig:
+class HalloUNetConfig(StoredConfig):
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
     layers_per_block: int = 2
     down_attention: tuple[bool, ...] = (True, True, True, False)  # CrossAttnDownBlock vs DownBlock
@@ -80,15 +79,6 @@ class HalloUNetConfig:
         else:
             source = self.block_out_channels[-1]
         return self.attention_heads * (source // self.attention_heads)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "HalloUNetConfig":
-        values = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod
     def from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> "HalloUNetConfig":

@@ -16,18 +16,14 @@ import os
 import torch
 
 from ..errors import InputError
-from ..loading.safetensors_writer import write_safetensors
+from ..loading.safetensors_writer import to_storage, write_safetensors
 from ..runtime.options import DTYPES
 from .checkpoint import CONFIG_KEY, FORMAT, FORMAT_KEY, VERSION_KEY, UNetWeights, fp8_storage
 from .config import PREFIXES
 
 
 def _produce(weights: UNetWeights, name: str, dtype: torch.dtype) -> torch.Tensor:
-    tensor = weights.state[name]
-    if dtype == torch.float8_e4m3fn:
-        finite = torch.finfo(torch.float8_e4m3fn).max
-        tensor = tensor.float().clamp(-finite, finite)
-    return tensor.to(dtype)
+    return to_storage(weights.state[name], dtype)
 
 
 def convert_unet(src: str | os.PathLike, dst: str | os.PathLike, dtype_name: str = "fp16",

@@ -22,6 +22,15 @@ _DTYPES = {
 }
 
 
+def to_storage(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` cast to the dtype it is stored in; fp8 saturates at its largest finite value (a plain cast of a
+    larger value gives NaN)."""
+    if dtype == torch.float8_e4m3fn:
+        finite = torch.finfo(torch.float8_e4m3fn).max
+        tensor = tensor.float().clamp(-finite, finite)
+    return tensor.to(dtype)
+
+
 def write_safetensors(
     path: str | os.PathLike,
     entries: Iterable[tuple[str, tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]],

@@ -51,12 +51,10 @@ class BlockStreamer:
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.host: dict[int, HostCopy] = {}
-        self.names: dict[int, list[str]] = {}
         self.ready: dict[int, torch.cuda.Event | None] = {}
         self.loads = 0
         for index in self.streamed:
             block = self.blocks[index]
-            self.names[index] = [name for name, _ in block.named_parameters()]
             self.host[index] = HostCopy([param.data for _, param in block.named_parameters()], pin=self.cuda)
             for param, view in zip(block.parameters(), self.host[index].views):
                 param.data = view

@@ -56,7 +56,7 @@ class LocalModels:
         model = self._models.get(name)
         if model is None:
             if self.keep_while_fits:
-                self._make_room(name, loading=True)
+                self._make_room(name)
             model = self.loaders[name](self.device)
             self._models[name] = model
             self.load_counts[name] = self.load_counts.get(name, 0) + 1
@@ -93,12 +93,13 @@ class LocalModels:
         return name in self._models
 
     # --- moving --------------------------------------------------------------------------------------------------
-    def _make_room(self, name: str, loading: bool = False) -> None:
+    def _make_room(self, name: str) -> None:
         """Evict idle models, least recently used first, until `name`'s phase fits in free device memory."""
         model = self._models.get(name)
-        weights = 0 if model is None else _weights_bytes(model, self._hosts.get(name))
-        if loading:  # not loaded yet: its loader's estimate
+        if model is None:  # not loaded yet: its loader's estimate
             weights = self.working_memory.get(name + ":weights", 0)
+        else:
+            weights = _weights_bytes(model, self._hosts.get(name))
         need = weights + self.working_memory.get(name, 0) + MARGIN
         while self._idle_order and self.free_memory() < need:
             victim = self._idle_order.pop(0)

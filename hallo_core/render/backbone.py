@@ -26,6 +26,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
+from ..errors import InputError
 from .clip_plan import ClipPlan
 
 
@@ -43,6 +44,17 @@ class Continuation:
     end_frame: int | None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     source: dict = field(default_factory=dict)
+
+    def motion_frames(self, count: int, frame_size: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """The last `count` frames, float32 in [0, 1] on `device`, for a model rendering `frame_size` (H, W) frames;
+        a continuation that cannot serve is refused in one line."""
+        frames = self.frames
+        if frames.shape[0] < count:
+            raise InputError(f"{count} motion frames needed, the previous segment gave {frames.shape[0]}")
+        if tuple(frames.shape[-2:]) != tuple(frame_size):
+            raise InputError(f"the previous segment's frames are {frames.shape[-1]}x{frames.shape[-2]}, this model "
+                             f"renders {frame_size[1]}x{frame_size[0]}; continue a segment of the same model")
+        return frames[-count:].to(device, torch.float32)
 
 
 class ClipResult:

@@ -48,7 +48,7 @@ def file_digest(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes) -> None:
     """`data` into `path` through a temporary file, synced and renamed: all of it or nothing under the name."""
     temporary = path + ".partial"
     try:
@@ -160,7 +160,7 @@ class RenderStore:
 
     def _write_manifest(self) -> None:
         data = {"format": FORMAT, "key": self.key, **self.description, "clips": self.records}
-        _write_atomically(self._manifest_path, json.dumps(data, indent=1, default=str).encode())
+        write_atomically(self._manifest_path, json.dumps(data, indent=1, default=str).encode())
 
     # --- clips ------------------------------------------------------------------------------------------------------
     def verified(self, clip: int) -> bool:
@@ -196,7 +196,7 @@ class RenderStore:
         for name, tensor in continuation.tensors.items():
             state[f"tensor.{name}"] = tensor.detach().to("cpu").contiguous()
         state_path = self.state_path(clip)
-        _write_atomically(state_path, save(state))
+        write_atomically(state_path, save(state))
         final = self.clip_path(clip)
         temporary = partial_path(final)
         write_clip_frames(temporary, frames)  # itself atomic: writes temporary's own partial, then renames
